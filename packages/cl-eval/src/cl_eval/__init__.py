@@ -1,0 +1,1 @@
+"""Forgetting, weight change and the report."""

@@ -1,0 +1,1 @@
+"""The continual curriculum on veRL."""
