@@ -1,0 +1,1 @@
+"""Countdown puzzle generator and solver."""
