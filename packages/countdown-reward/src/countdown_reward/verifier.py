@@ -27,6 +27,7 @@ TURN_MARKERS = ("Assistant:", "<|im_start|>assistant")
 _OPEN, _CLOSE = "<answer>", "</answer>"
 _ALLOWED = re.compile(r"[0-9+\-*/() \t\r\n]*")
 _TOKEN = re.compile(r"[0-9]+|[+\-*/()]")
+_NUMBER = re.compile(r"[0-9]+")
 _RHS = re.compile(r"[ \t\r\n]*(-?[0-9]+)[ \t\r\n]*")
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
@@ -164,7 +165,7 @@ def _check(equation: str, target: int, numbers: tuple[str, ...]) -> Verdict:
     ok, value = _evaluate(tokens)
     if not ok:
         return Verdict("bad_syntax", equation)
-    literals = sorted(t for t in tokens if t[0].isdigit())
+    literals = sorted(_NUMBER.findall(lhs))
     if literals != list(numbers):
         return Verdict("wrong_numbers", equation, None, literals)
     if value is None:
