@@ -1,0 +1,116 @@
+"""run.json: the run's manifest and the contract with cl-eval (schema in the package README)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cl_trainer.config import NOT_COMPARED, TrainerConfig
+from cl_trainer.stages import Stage
+
+SCHEMA_VERSION = 1
+MANIFEST = "run.json"
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    return {d: _version(d) for d in ("cl-trainer", "verl", "torch", "transformers")}
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def stage_record(stage: Stage) -> dict[str, Any]:
+    return {
+        "index": stage.index,
+        "round": stage.round,
+        "group": stage.group,
+        "name": stage.name,
+        "status": "pending",
+        "log": stage.log,
+        "initial_model": stage.initial_model,
+        "final_model": stage.final_model,
+        "checkpoint_dir": stage.checkpoint_dir,
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "exit_code": None,
+        "error_tail": None,
+        "global_steps": None,
+    }
+
+
+def new_manifest(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> dict[str, Any]:
+    stamp = now()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.run_name,
+        "size": cfg.size,
+        "backend": cfg.backend,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "git_sha": git_sha(),
+        "versions": versions(),
+        "base_model": base_model,
+        "groups": list(cfg.groups),
+        "config": cfg.to_dict(),
+        "stages": [stage_record(s) for s in stages],
+    }
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Atomic: a reader sees the old or the new file, never half of one."""
+    manifest["updated_at"] = now()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".run.json.", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, run_dir / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every compared key that differs."""
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if key in NOT_COMPARED:
+            continue
+        if old.get(key) != new.get(key):
+            lines.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return lines

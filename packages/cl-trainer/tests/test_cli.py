@@ -1,0 +1,173 @@
+"""CLI: the default command, `plan`, and the one-line preflight errors (no GPU anywhere)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cl_trainer import checks
+from cl_trainer.cli import main
+from cl_trainer.config import BACKEND_CMD_ENV, resolve_config
+
+from .conftest import FAKE_VERL
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_plan_prints_every_stage_with_its_exact_command(data_dir: Path, tmp_path: Path) -> None:
+    res = invoke(
+        "plan",
+        "--size",
+        "1.5b",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path),
+        "--",
+        "actor_rollout_ref.actor.optim.lr=5e-7",
+    )
+    assert res.exit_code == 0, res.output
+    assert res.output.count("\n# stage ") == 12
+    assert "-m verl.trainer.main_ppo" in res.output
+    assert (
+        "# stage 5/12 R2_plus [pending]: starts from "
+        + str(tmp_path / "metrics/final_1_plus_minus_mul_div")
+        in res.output
+    )
+    data = json.loads(
+        invoke(
+            "plan", "--size", "1.5b", "--data-dir", str(data_dir), "--out", str(tmp_path), "--json"
+        ).output
+    )
+    stages = data["stages"]
+    assert [s["name"] for s in stages[:5]] == [
+        "R1_plus",
+        "R1_plus_minus",
+        "R1_plus_minus_mul",
+        "R1_plus_minus_mul_div",
+        "R2_plus",
+    ]
+    assert data["config"]["tp"] == 4 and data["config"]["model"] == "Qwen/Qwen2.5-1.5B"
+    # The printed command is the argv, shell-quoted: pasting it runs exactly this.
+    cmd = stages[1]["command"].replace("\\\n", " ")
+    words = shlex.split(cmd)
+    assert words[len(stages[1]["env"]) :] == stages[1]["argv"]
+    assert f"actor_rollout_ref.model.path={tmp_path}/metrics/final_1_plus" in stages[1]["argv"]
+
+
+def test_plan_tiny_shows_the_model_it_will_build_without_building_it(tmp_path: Path) -> None:
+    res = invoke("plan", "--size", "tiny", "--out", str(tmp_path), "--json")
+    data = json.loads(res.output)
+    assert data["stages"][0]["model"] == str(tmp_path / "base_model")
+    assert "-m cl_trainer.local" in data["stages"][0]["command"]
+    assert data["config"]["backend"] == "local" and len(data["stages"]) == 4
+    assert not (tmp_path / "base_model").exists()
+
+
+def test_bare_command_runs_with_the_default_run_command(
+    data_dir: Path, hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {BACKEND_CMD_ENV: f"python {FAKE_VERL}", "WANDB_MODE": "disabled"}
+    res = invoke(
+        "--size",
+        "tiny",
+        "--groups",
+        "plus",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path),
+        "--model",
+        str(hf_model),
+        "--train-batch-size",
+        "8",
+        "--ppo-mini-batch-size",
+        "8",
+        "--no-wandb",
+        env=env,
+    )
+    assert res.exit_code == 0, res.output
+    assert "step:0 - val-core/countdown_plus/acc/mean@1" in res.output  # teed to the console
+    stage = json.loads((tmp_path / "run.json").read_text())["stages"][0]
+    assert stage["status"] == "done"
+
+
+def test_verl_backend_without_gpu_says_so(
+    data_dir: Path, hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checks, "gpu_count", lambda: 0)
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--size",
+            "0.5b",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(tmp_path),
+            "--model",
+            str(hf_model),
+        ],
+    )
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: {checks.NO_GPU}"
+    assert not (tmp_path / "run.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "gpus", "message"),
+    [
+        (
+            {"data_dir": "/nonexistent"},
+            8,
+            "data missing: /nonexistent/plus/train.parquet not found; "
+            "run `uv run countdown-data gen`",
+        ),
+        ({"model": "/no/such/model"}, 8, "model not found: /no/such/model"),
+        ({"n_gpus_per_node": 4}, 2, "asked for --n-gpus-per-node 4 but this machine has 2 GPU(s)"),
+        ({"n_gpus_per_node": 6}, 8, "tensor-parallel size 4 does not divide the 6 GPU(s)"),
+        ({"ppo_mini_batch_size": 48}, 8, "PPO mini-batch 48 does not divide the train batch 128"),
+        ({"ppo_mini_batch_size": 256}, 8, "larger than the train batch 128"),
+        (
+            {"micro_batch_per_gpu": 3},
+            8,
+            "micro-batch 3/GPU does not divide the per-GPU mini-batch 2",
+        ),
+        (
+            {"n_gpus_per_node": 8, "ppo_mini_batch_size": 4},
+            8,
+            "does not split evenly over 8 GPU(s)",
+        ),
+    ],
+)
+def test_preflight_errors_are_one_line(
+    kwargs: dict, gpus: int, message: str, data_dir: Path, hf_model: Path
+) -> None:
+    opts = {"data_dir": data_dir, "model": str(hf_model), **kwargs}
+    cfg = resolve_config("1.5b", **opts)
+    with pytest.raises(Exception) as err:
+        checks.preflight(cfg, gpus=gpus)
+    text = err.value.format_message()
+    assert message in text and "\n" not in text
+
+
+def test_hub_ids_pass_the_model_check(data_dir: Path) -> None:
+    checks.preflight(resolve_config("0.5b", data_dir=data_dir), gpus=2)
+
+
+def test_disk_check(
+    data_dir: Path, hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path)
+    assert checks.checkpoint_bytes(cfg, "Qwen/Qwen2.5-1.5B") > 40e9  # actor + critic, with Adam
+    monkeypatch.setattr(checks.shutil, "disk_usage", lambda _p: type("U", (), {"free": 10**9})())
+    with pytest.raises(Exception, match="not enough disk for the next checkpoint"):
+        checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B")
+    checks.check_disk(resolve_config("tiny", out=tmp_path, model=str(hf_model)), str(hf_model))

@@ -1,0 +1,122 @@
+"""The overrides compose against veRL's INSTALLED Hydra config and pass veRL's own validation.
+
+This is what catches a renamed or removed veRL key on the next veRL upgrade.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import verl
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from verl.trainer.ppo.utils import need_critic, need_reference_policy
+from verl.utils.config import validate_config
+
+from cl_trainer.config import resolve_config, stage_overrides
+from cl_trainer.presets import PRESETS
+
+CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
+
+
+def compose_stage(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+@pytest.mark.parametrize("size", list(PRESETS))
+def test_overrides_compose_and_validate(
+    size: str, algo: str, data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    preset = PRESETS[size]
+    cfg = resolve_config(size, algo=algo, data_dir=data_dir, out=tmp_path / "run")
+    overrides = stage_overrides(
+        cfg, round_=2, group="plus_minus", actor_path=str(hf_model), critic_path=str(hf_model)
+    )
+    conf = compose_stage(overrides)
+    validate_config(
+        conf, use_reference_policy=need_reference_policy(conf), use_critic=need_critic(conf)
+    )
+
+    arr = conf.actor_rollout_ref
+    assert conf.data.train_files == str(data_dir / "plus_minus" / "train.parquet")
+    assert list(conf.data.val_files) == [str(data_dir / g / "test.parquet") for g in cfg.groups]
+    assert conf.data.train_batch_size == preset.train_batch_size
+    assert conf.data.max_prompt_length == preset.max_prompt_length
+    assert arr.model.path == str(hf_model)
+    assert arr.rollout.name == "vllm"
+    assert arr.rollout.tensor_model_parallel_size == (1 if preset.backend == "local" else preset.tp)
+    assert arr.actor.ppo_mini_batch_size == preset.ppo_mini_batch_size
+    assert arr.actor.ppo_micro_batch_size_per_gpu <= preset.micro_batch_per_gpu
+    assert "hf_model" in arr.actor.checkpoint.save_contents
+    assert "hf_model" not in arr.actor.checkpoint.load_contents
+    assert conf.reward.custom_reward_function.path == "pkg://countdown_reward"
+    assert conf.reward.custom_reward_function.name == "compute_score_with_acc"
+    assert conf.trainer.experiment_name == "ContinualCountdown_R2_plus_minus"
+    assert conf.trainer.default_local_dir == str(tmp_path / "run" / "checkpoints" / "R2_plus_minus")
+    assert conf.trainer.total_epochs == preset.epochs
+    assert conf.trainer.val_before_train is True
+    assert conf.trainer.test_freq > 0 and conf.trainer.save_freq > 0
+    assert conf.trainer.resume_mode == "auto"
+    assert list(conf.trainer.logger) == ["console", "wandb"]
+    if algo == "ppo":
+        assert conf.algorithm.adv_estimator == "gae" and need_critic(conf)
+        assert conf.critic.model.path == str(hf_model)
+        assert "hf_model" in conf.critic.checkpoint.save_contents
+        assert arr.rollout.n == 1
+    else:
+        assert conf.algorithm.adv_estimator == "grpo" and not need_critic(conf)
+        assert arr.rollout.n == preset.rollout_n and arr.actor.use_kl_loss
+
+
+def test_the_original_batch_sizes_survive(data_dir: Path) -> None:
+    """0.5b: batch 256, mini 16, micro 8/GPU; 1.5b: 128, 8, micro capped at 4 (2 fits 8/4 GPUs)."""
+    small = resolve_config("0.5b", data_dir=data_dir)
+    assert (
+        small.tp,
+        small.train_batch_size,
+        small.ppo_mini_batch_size,
+        small.ppo_micro_batch_size_per_gpu,
+        small.model,
+    ) == (2, 256, 16, 8, "Qwen/Qwen2.5-0.5B")
+    big = resolve_config("1.5b", data_dir=data_dir)
+    assert (
+        big.tp,
+        big.train_batch_size,
+        big.ppo_mini_batch_size,
+        big.ppo_micro_batch_size_per_gpu,
+        big.model,
+    ) == (4, 128, 8, 2, "Qwen/Qwen2.5-1.5B")
+    assert resolve_config("1.5b", algo="grpo", rollout_n=8).ppo_micro_batch_size_per_gpu == 4
+
+
+def test_scale_options_and_user_overrides_reach_verl(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    cfg = resolve_config(
+        "1.5b",
+        data_dir=data_dir,
+        out=tmp_path,
+        n_gpus_per_node=8,
+        nnodes=2,
+        ray_address="10.0.0.1:6379",
+        wandb=False,
+        overrides=["actor_rollout_ref.actor.optim.lr=5e-7"],
+    )
+    conf = compose_stage(
+        stage_overrides(
+            cfg,
+            round_=1,
+            group="plus",
+            actor_path=str(hf_model),
+            critic_path=str(hf_model),
+            wandb_env={"WANDB_RUN_GROUP": "g"},
+        )
+    )
+    assert conf.trainer.n_gpus_per_node == 8 and conf.trainer.nnodes == 2
+    assert conf.ray_kwargs.ray_init.address == "10.0.0.1:6379"
+    assert conf.ray_kwargs.ray_init.runtime_env.env_vars.WANDB_RUN_GROUP == "g"
+    assert conf.actor_rollout_ref.actor.optim.lr == 5e-7
+    assert list(conf.trainer.logger) == ["console"]
