@@ -1,0 +1,192 @@
+"""Benchmark ``cl-eval diff`` on two random Qwen2.5-0.5B-shaped bf16 checkpoints.
+
+Compares wall time and peak RSS (of the measured process alone, via ``os.wait4``) of
+  read   - reading both safetensors files once, 16 MiB at a time (the I/O floor),
+  diff   - ``cl-eval diff A B --json`` (streaming, the tool under test),
+  naive  - loading both models into torch (``safetensors.torch.load_file``) and diffing per tensor,
+each with the files in the page cache ("hot") and after dropping them from it with
+``posix_fadvise(DONTNEED)`` ("cold"). Goal: diff peak RSS < 1.5 GB and diff time <= 2x read time.
+
+    uv run python bench/weight_diff.py            # full 0.5B shapes (~2 GB of temp files)
+    uv run python bench/weight_diff.py --layers 4 # quicker, same tensor shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+QWEN_05B = {
+    "hidden": 896,
+    "layers": 24,
+    "intermediate": 4864,
+    "vocab": 151936,
+    "heads": 14,
+    "kv_heads": 2,
+}
+
+READ = """
+import sys
+buf = bytearray(16 << 20)
+for p in sys.argv[1:]:
+    with open(p, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+"""
+
+NAIVE = """
+import sys, torch
+from safetensors.torch import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+sq_d = sq_a = 0.0
+for k, w0 in a.items():
+    w0, w1 = w0.float(), b[k].float()
+    d = w1 - w0
+    sq_d += float(d.double().pow(2).sum()); sq_a += float(w0.double().pow(2).sum())
+    (d == 0).sum(); (d.abs() <= 1e-5).sum()
+print((sq_d / sq_a) ** 0.5)
+"""
+
+
+def shapes(layers: int) -> dict[str, tuple[int, ...]]:
+    """Qwen2.5-0.5B parameter shapes (tied embeddings: no lm_head.weight)."""
+    h, i, v = QWEN_05B["hidden"], QWEN_05B["intermediate"], QWEN_05B["vocab"]
+    kv = h // QWEN_05B["heads"] * QWEN_05B["kv_heads"]
+    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        out |= {
+            p + "self_attn.q_proj.weight": (h, h),
+            p + "self_attn.q_proj.bias": (h,),
+            p + "self_attn.k_proj.weight": (kv, h),
+            p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h),
+            p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "mlp.gate_proj.weight": (i, h),
+            p + "mlp.up_proj.weight": (i, h),
+            p + "mlp.down_proj.weight": (h, i),
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+        }
+    out["model.norm.weight"] = (h,)
+    return out
+
+
+def build(root: Path, layers: int) -> tuple[Path, Path, int]:
+    """Two checkpoints: B = A + a small update that bf16 rounding hides for many weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    a, b = {}, {}
+    for name, shape in shapes(layers).items():
+        w = torch.randn(shape, generator=g) * 0.02
+        a[name] = w.bfloat16()
+        b[name] = (w + 2e-5 * torch.randn(shape, generator=g)).bfloat16()
+    cfg = json.dumps({"model_type": "qwen2", "tie_word_embeddings": True})
+    for d, t in (("a", a), ("b", b)):
+        (root / d).mkdir()
+        (root / d / "config.json").write_text(cfg)
+        save_file(t, root / d / "model.safetensors")
+    os.sync()
+    return root / "a", root / "b", sum(x.numel() for x in a.values())
+
+
+def drop_cache(files: list[Path]) -> None:
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def measure(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MiB, stdout) of one child process."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[:3]} failed:\n{text[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=QWEN_05B["layers"])
+    ap.add_argument("--repeat", type=int, default=2, help="hot runs per mode (best time kept)")
+    ap.add_argument(
+        "--skip-naive", action="store_true", help="skip the load-both-in-torch baseline"
+    )
+    ap.add_argument("--dir", type=Path, default=None, help="where to write the checkpoints")
+    ap.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.build_only:
+        print(build(args.build_only, args.layers)[2])
+        return
+    cl_eval = Path(sys.executable).parent / "cl-eval"
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        t0 = time.perf_counter()
+        # Built in a child: a parent holding the tensors would inflate every child's ru_maxrss
+        # (Linux carries the high-water mark of the forked parent image across exec).
+        numel = int(
+            subprocess.run(
+                [sys.executable, __file__, "--build-only", tmp, "--layers", str(args.layers)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()[-1]
+        )
+        a, b = Path(tmp) / "a", Path(tmp) / "b"
+        files = [a / "model.safetensors", b / "model.safetensors"]
+        size = sum(f.stat().st_size for f in files)
+        print(
+            f"built 2 x {numel / 1e6:.1f}M-parameter bf16 checkpoints ({size / 2**30:.2f} GiB "
+            f"in all) in {time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs"
+        )
+        modes = {
+            "read": [sys.executable, "-c", READ, *map(str, files)],
+            "diff": [str(cl_eval), "diff", str(a), str(b), "--json"],
+        }
+        if not args.skip_naive:
+            modes["naive"] = [sys.executable, "-c", NAIVE, *map(str, files)]
+        measure(modes["read"])  # warm the page cache
+        rows = {}
+        for name, cmd in modes.items():
+            hot = [measure(cmd) for _ in range(args.repeat)]
+            drop_cache(files)
+            cold = measure(cmd)
+            rows[name] = (min(h[0] for h in hot), max(h[1] for h in hot), cold[0], cold[1])
+            if name == "diff":
+                g = json.loads(hot[0][2])["global"]
+                print(
+                    f"diff: rel_l2={g['rel_l2']:.4e} unchanged bits={g['unchanged_bitwise']:.2%} "
+                    f"|Δ|<=1e-5={g['unchanged_atol']:.2%} rel={g['unchanged_rel']:.2%}"
+                )
+        print(
+            f"\n{'mode':<6} {'hot wall s':>10} {'hot peak RSS MiB':>17} {'cold wall s':>12} "
+            f"{'cold peak RSS MiB':>18}"
+        )
+        for name, (hw, hr, cw, cr) in rows.items():
+            print(f"{name:<6} {hw:>10.2f} {hr:>17.0f} {cw:>12.2f} {cr:>18.0f}")
+        d, r = rows["diff"], rows["read"]
+        print(f"\ndiff / read time: hot {d[0] / r[0]:.2f}x, cold {d[2] / r[2]:.2f}x (goal <= 2x)")
+        print(f"diff peak RSS: {max(d[1], d[3]):.0f} MiB (goal < 1536 MiB)")
+        if "naive" in rows:
+            n = rows["naive"]
+            print(f"naive load-both: {n[0]:.2f}s, {max(n[1], n[3]):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

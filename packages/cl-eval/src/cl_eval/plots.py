@@ -1,0 +1,237 @@
+"""The report's figures (matplotlib, Agg backend: no display needed, safe in containers)."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
+
+
+@dataclass
+class StageSeries:
+    """One stage's training curves, keyed by short metric name, on the stage's own step axis."""
+
+    name: str
+    steps: int
+    series: dict[str, tuple[list[int], list[float]]]
+    val: dict[str, tuple[list[int], list[float]]]
+
+
+PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "Success: batch reward (lines), validation accuracy (dots)",
+        ("score", "train_acc"),
+        "reward / accuracy",
+    ),
+    ("Policy / value loss", ("pg_loss", "vf_loss"), "loss"),
+    ("Gradient norm", ("grad_norm",), "‖g‖"),
+    ("Response length", ("response_length",), "tokens"),
+    ("Response clip ratio", ("clip_ratio",), "fraction"),
+    ("Entropy and KL", ("entropy", "kl_loss", "ppo_kl"), "nats"),
+)
+
+
+def _save(fig: plt.Figure, out: Path) -> Path:
+    """Atomic: render to a temp file beside ``out`` and rename, so a crash leaves the old plot."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _boundaries(ax: plt.Axes, stages: Sequence[StageSeries], label: bool) -> list[int]:
+    offsets, x = [], 0
+    for i, st in enumerate(stages):
+        offsets.append(x)
+        end = x + max(st.steps, 1)
+        if i % 2:
+            ax.axvspan(x, end, color="0.92", zorder=0)
+        ax.axvline(x, color="0.6", lw=0.6, zorder=1)
+        x = end
+    if label:
+        mids = [o + max(st.steps, 1) / 2 for o, st in zip(offsets, stages, strict=True)]
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(mids, [st.name for st in stages], fontsize=7, rotation=30, ha="left")
+        top.tick_params(length=0)
+    return offsets
+
+
+def training_metrics(stages: Sequence[StageSeries], out: Path, title: str) -> Path:
+    """Curves over the whole curriculum (x = cumulative step), stage boundaries shaded/labelled."""
+    fig, axes = plt.subplots(3, 2, figsize=(14, 10), sharex=True)
+    for n, (ax, (heading, keys, ylabel)) in enumerate(zip(axes.flat, PANELS, strict=True)):
+        offsets = _boundaries(ax, stages, label=n < 2)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        drawn = False
+        for ki, key in enumerate(keys):
+            for st, off in zip(stages, offsets, strict=True):
+                xs, ys = st.series.get(key, ([], []))
+                if xs:
+                    ax.plot(
+                        [off + x for x in xs],
+                        ys,
+                        lw=0.9,
+                        color=colors[ki],
+                        label=key if st is next(s for s in stages if key in s.series) else None,
+                    )
+                    drawn = True
+        if n == 0:
+            for gi, group in enumerate(sorted({g for st in stages for g in st.val})):
+                first = True
+                for st, off in zip(stages, offsets, strict=True):
+                    xs, ys = st.val.get(group, ([], []))
+                    if xs:
+                        ax.plot(
+                            [off + x for x in xs],
+                            ys,
+                            "o",
+                            ms=3,
+                            color=colors[(gi + 2) % 10],
+                            label=f"val acc {group}" if first else None,
+                        )
+                        first = False
+                        drawn = True
+        ax.set_title(
+            heading,
+            fontsize=9,
+            loc="left",
+            y=1.0,
+            pad=-13,
+            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
+        )
+        ax.set_ylabel(ylabel)
+        ax.margins(y=0.18)
+        if drawn:
+            ax.legend(fontsize=7, loc="lower right" if n == 0 else "best", framealpha=0.8)
+        else:
+            ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="0.5")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step (cumulative over the curriculum)")
+    fig.suptitle(title)
+    return _save(fig, out)
+
+
+def _annotated(ax: plt.Axes, M: np.ndarray, fmt: str, cmap: str, vmin: float, vmax: float) -> None:
+    im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    mid = (vmin + vmax) / 2
+    for (i, j), v in np.ndenumerate(M):
+        if not math.isnan(v):
+            dark = v < mid if cmap == "viridis" else abs(v - mid) > 0.6 * (vmax - mid)
+            ax.text(
+                j,
+                i,
+                format(v, fmt),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if dark else "black",
+            )
+    plt.colorbar(im, ax=ax, fraction=0.046)
+
+
+def accuracy_matrix(
+    R: np.ndarray, rows: Sequence[str], cols: Sequence[str], out: Path, title: str
+) -> Path:
+    """Annotated heatmap of R (rows: base + each stage; columns: groups)."""
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(cols), 1.2 + 0.42 * len(rows)))
+    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0)
+    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("evaluated group")
+    ax.set_ylabel("after stage")
+    ax.set_title(title)
+    return _save(fig, out)
+
+
+def forgetting(
+    R: np.ndarray,
+    F: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    per_stage: dict[str, Sequence[float | None]],
+    out: Path,
+    title: str,
+) -> Path:
+    """Per-group accuracy across stages, per-stage BWT/forgetting, and the forgetting matrix."""
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
+    x = np.arange(len(rows))
+    for j, g in enumerate(cols):
+        a1.plot(x, R[:, j], "o-", ms=4, label=g)
+    a1.set_xticks(x, rows, rotation=45, ha="right", fontsize=8)
+    a1.set_ylim(-0.02, 1.02)
+    a1.set_ylabel("validation accuracy")
+    a1.set_title("Accuracy of each group after each stage")
+    a1.legend(fontsize=8)
+    for name, vals in per_stage.items():
+        ys = [np.nan if v is None else v for v in vals]
+        a2.plot(x[1:], ys, "o-", ms=4, label=name)
+    a2.axhline(0, color="0.5", lw=0.8)
+    a2.set_xticks(x[1:], rows[1:], rotation=45, ha="right", fontsize=8)
+    a2.set_title("Transfer and forgetting after each stage")
+    a2.legend(fontsize=8)
+    finite = F[np.isfinite(F)]
+    lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+    _annotated(a3, F, ".2f", "RdBu_r", -lim, lim)
+    a3.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
+    a3.set_yticks(range(len(rows)), rows, fontsize=8)
+    a3.set_title("Forgetting max_{l<k} R[l][j] − R[k][j]")
+    fig.suptitle(title)
+    return _save(fig, out)
+
+
+def weight_change(
+    panels: Sequence[tuple[str, list[str], list[str], np.ndarray]], out: Path, title: str
+) -> Path:
+    """One layer × module heatmap of relative L2 change per panel, on a shared log colour scale
+    (grey: unchanged or absent)."""
+    n = max(len(panels), 1)
+    ncols = min(n, 6)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols + 1, 4.2 * nrows), squeeze=False)
+    cmap = plt.get_cmap("magma").with_extremes(bad="0.88")
+    vals = np.concatenate([M[np.isfinite(M) & (M > 0)] for *_, M in panels] or [np.array([])])
+    norm = LogNorm(vmin=float(vals.min()), vmax=float(vals.max())) if vals.size else None
+    im = None
+    for i, (ax, (name, layers, mods, M)) in enumerate(zip(axes.flat, panels, strict=False)):
+        im = ax.imshow(
+            np.ma.masked_invalid(np.where(M > 0, M, np.nan)),
+            cmap=cmap,
+            norm=norm,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        ax.set_xticks(range(len(mods)), mods, fontsize=7, rotation=90)
+        step = max(1, len(layers) // 12)
+        ticks = sorted({*range(0, len(layers), step), len(layers) - 1})
+        ax.set_yticks(ticks, [layers[t] if i % ncols == 0 else "" for t in ticks], fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("layer")
+    if im is not None and norm is not None:
+        fig.colorbar(im, ax=axes, fraction=0.02, label="‖W1−W0‖ / ‖W0‖")
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no checkpoints", ha="center", transform=axes[0, 0].transAxes)
+    fig.suptitle(title)
+    return _save(fig, out)

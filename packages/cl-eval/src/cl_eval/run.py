@@ -1,0 +1,178 @@
+"""Find the stages of a run directory: from run.json (schema 1) or from the original file layout.
+
+Everything is optional: a missing log, checkpoint or stage becomes a warning naming it, so a run
+still in progress gives a partial report. Only a directory with no stage at all is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CURRICULUM: tuple[str, ...] = ("plus", "plus_minus", "plus_minus_mul", "plus_minus_mul_div")
+"""The curriculum order (countdown_data.groups.GROUPS), used when run.json does not say."""
+
+_LOG = re.compile(r"ContinualCountdown_R(\d+)_(.+)\.log$")
+_MODEL = re.compile(r"(initial|final)_(\d+)_(.+)$")
+
+
+class RunError(Exception):
+    """A run directory with nothing usable in it."""
+
+
+@dataclass
+class Stage:
+    index: int
+    round: int
+    group: str
+    status: str = "unknown"
+    log: Path | None = None
+    initial_model: Path | None = None
+    final_model: Path | None = None
+    global_steps: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"R{self.round}_{self.group}"
+
+
+@dataclass
+class Run:
+    path: Path
+    size: str
+    name: str
+    groups: list[str]
+    stages: list[Stage]
+    base_model: str | None = None
+    manifest: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def base_checkpoint(self) -> Path | None:
+        """The model the curriculum started from: stage 1's initial model, else base_model."""
+        if self.stages and self.stages[0].initial_model is not None:
+            return self.stages[0].initial_model
+        if self.base_model and Path(self.base_model).is_dir():
+            return Path(self.base_model)
+        return None
+
+
+def _existing(root: Path, rel: str | None) -> Path | None:
+    if not rel:
+        return None
+    p = root / rel
+    return p if p.exists() else None
+
+
+def _order_groups(found: list[str]) -> list[str]:
+    known = [g for g in CURRICULUM if g in found]
+    return known + [g for g in dict.fromkeys(found) if g not in known]
+
+
+def load_run(path: Path, size: str | None = None) -> Run:
+    """Load a run directory; raise RunError only when no stage can be found at all."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"run directory {path} does not exist; pass --run DIR of a cl-trainer run")
+    warnings: list[str] = []
+    manifest = None
+    mpath = path / "run.json"
+    if mpath.is_file():
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), list):
+                raise ValueError("no stages list")
+        except (ValueError, UnicodeDecodeError) as exc:
+            warnings.append(f"run.json unreadable ({exc}); discovering stages from file names")
+            manifest = None
+    size = size or (manifest or {}).get("size") or path.name
+    if manifest is not None:
+        run = _from_manifest(path, manifest, size, warnings)
+    else:
+        run = _from_layout(path, size, warnings)
+    if not run.stages:
+        raise RunError(
+            f"no stages in {path}: expected run.json or "
+            "logs/ContinualCountdown_R<round>_<group>.log"
+        )
+    for st in run.stages:
+        if st.log is None:
+            warnings.append(f"stage {st.name}: no log ({st.status})")
+        if st.final_model is None and st.status not in ("pending", "running"):
+            warnings.append(f"stage {st.name}: no final checkpoint")
+    return run
+
+
+def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
+    stages: list[Stage] = []
+    for i, raw in enumerate(m["stages"]):
+        if not isinstance(raw, dict) or "group" not in raw:
+            warnings.append(f"run.json stage #{i} has no group; skipped")
+            continue
+        group = str(raw["group"])
+        rnd = int(raw.get("round") or 1)
+        st = Stage(
+            index=int(raw.get("index", i)),
+            round=rnd,
+            group=group,
+            status=str(raw.get("status") or "unknown"),
+            log=_existing(path, raw.get("log") or f"logs/ContinualCountdown_R{rnd}_{group}.log"),
+            initial_model=_existing(
+                path, raw.get("initial_model") or f"metrics/initial_{rnd}_{group}"
+            ),
+            final_model=_existing(path, raw.get("final_model") or f"metrics/final_{rnd}_{group}"),
+            global_steps=raw.get("global_steps"),
+        )
+        stages.append(st)
+    groups = [str(g) for g in m.get("groups") or []] or _order_groups([s.group for s in stages])
+    for st in stages:
+        if st.group not in groups:
+            groups.append(st.group)
+    return Run(
+        path=path,
+        size=size,
+        name=str(m.get("name") or f"ContinualCountdown_{size}"),
+        groups=groups,
+        stages=stages,
+        base_model=m.get("base_model"),
+        manifest=m,
+        warnings=warnings,
+    )
+
+
+def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
+    found: dict[tuple[int, str], Stage] = {}
+    logs = path / "logs"
+    for f in sorted(logs.glob("ContinualCountdown_R*_*.log")) if logs.is_dir() else []:
+        m = _LOG.match(f.name)
+        if m:
+            key = (int(m.group(1)), m.group(2))
+            found.setdefault(key, Stage(0, key[0], key[1])).log = f
+    metrics = path / "metrics"
+    for d in sorted(metrics.iterdir()) if metrics.is_dir() else []:
+        m = _MODEL.match(d.name)
+        if m and d.is_dir():
+            key = (int(m.group(2)), m.group(3))
+            st = found.setdefault(key, Stage(0, key[0], key[1]))
+            setattr(st, f"{m.group(1)}_model", d)
+    groups = _order_groups([g for _, g in found])
+    stages = sorted(found.values(), key=lambda s: (s.round, groups.index(s.group)))
+    for i, st in enumerate(stages):
+        st.index = i
+        st.status = "done" if st.final_model is not None else "unknown"
+    if stages:
+        warnings.append("no run.json; stages discovered from logs/ and metrics/ file names")
+        _note_gaps(stages, groups, warnings)
+    return Run(path, size, f"ContinualCountdown_{size}", groups, stages, warnings=warnings)
+
+
+def _note_gaps(stages: list[Stage], groups: list[str], warnings: list[str]) -> None:
+    """Name the stages a full round-robin curriculum would have before the last one found."""
+    have = {(s.round, s.group) for s in stages}
+    last = (stages[-1].round, groups.index(stages[-1].group))
+    for r in range(1, last[0] + 1):
+        for gi, g in enumerate(groups):
+            if (r, gi) <= last and (r, g) not in have:
+                warnings.append(f"stage R{r}_{g}: missing (no log, no checkpoint)")
