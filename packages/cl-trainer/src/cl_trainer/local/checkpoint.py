@@ -1,0 +1,127 @@
+"""Checkpoints in veRL's layout, so the stage engine and cl-eval treat both backends alike.
+
+``<default_local_dir>/global_step_N/actor/huggingface/`` holds the HF model + tokenizer,
+``actor/optim.pt`` the optimizer and LR scheduler, ``actor/extra_state.pt`` RNG states and the KL
+controller, ``global_step_N/data.pt`` the sampler position (veRL's dataloader state file), and
+``latest_checkpointed_iteration.txt`` is replaced atomically last, so a crash mid-save leaves the
+previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TRACKER = "latest_checkpointed_iteration.txt"
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+
+@dataclass
+class Restored:
+    step: int
+    optim: dict[str, Any]
+    extra: dict[str, Any]
+    data: dict[str, Any] | None
+    model_dir: Path
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"global_step_{step}"
+
+
+def latest(root: Path) -> Path | None:
+    """The checkpoint the tracker file names, or None (veRL's ``find_latest_ckpt_path``)."""
+    tracker = root / TRACKER
+    if not tracker.is_file():
+        return None
+    path = step_dir(root, int(tracker.read_text().strip()))
+    return path if path.is_dir() else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    root: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    optim: dict[str, Any],
+    extra: dict[str, Any],
+    data: dict[str, Any],
+    keep: int | None = None,
+) -> Path:
+    """Write ``global_step_<step>`` (built in a temp dir, then renamed), then the tracker."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = step_dir(root, step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        actor = tmp / "actor"
+        model.save_pretrained(actor / "huggingface", safe_serialization=True)
+        tokenizer.save_pretrained(actor / "huggingface")
+        torch.save(optim, actor / "optim.pt")
+        torch.save({**extra, "rng": rng_state(), "global_step": step}, actor / "extra_state.pt")
+        torch.save(data, tmp / "data.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_atomic(root / TRACKER, str(step))
+    if keep is not None and keep > 0:
+        _prune(root, keep)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` step dirs (veRL's ``max_actor_ckpt_to_keep``)."""
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
+    for old in steps[:-keep]:
+        shutil.rmtree(step_dir(root, old), ignore_errors=True)
+
+
+def load(path: Path) -> Restored:
+    """Read a ``global_step_N`` directory written by :func:`save`."""
+    match = STEP_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a global_step_N checkpoint directory")
+    actor = path / "actor"
+    data = path / "data.pt"
+    return Restored(
+        step=int(match.group(1)),
+        optim=torch.load(actor / "optim.pt", weights_only=False),
+        extra=torch.load(actor / "extra_state.pt", weights_only=False),
+        data=torch.load(data, weights_only=False) if data.is_file() else None,
+        model_dir=actor / "huggingface",
+    )

@@ -1,0 +1,234 @@
+"""``python -m cl_trainer.local``: veRL's config, algorithms, log lines and checkpoint layout."""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import countdown_reward.scoring
+from cl_trainer import tiny
+from cl_trainer.local import checkpoint
+from cl_trainer.local.__main__ import main
+
+GROUPS = {
+    "plus": lambda a, b, c: (a + b + c, f"{a} + {b} + {c}"),
+    "plus_minus": lambda a, b, c: (a + b - c, f"{a} + {b} - {c}"),
+}
+STEP_LINE = re.compile(r"^step:(\d+) - (.*)$")
+
+
+def prompt_text(nums: list[int], target: int) -> str:
+    """The ``compact`` template's prompt."""
+    return f"nums {' '.join(map(str, nums))} target {target} ops +\n"
+
+
+def write_data(root: Path, n_train: int = 16, n_test: int = 4) -> Path:
+    """Two groups in the CONTRACTS row schema, compact prompts."""
+    rng = random.Random(1)
+    for group, make in GROUPS.items():
+        for split, size in (("train", n_train), ("test", n_test)):
+            rows = []
+            for i in range(size):
+                nums = [rng.randint(10, 60) for _ in range(3)]
+                target, solution = make(*nums)
+                rows.append(
+                    {
+                        "data_source": f"countdown_{group}",
+                        "prompt": [
+                            {
+                                "role": "user",
+                                "content": prompt_text(nums, target),
+                            }
+                        ],
+                        "ability": "math",
+                        "reward_model": {
+                            "style": "rule",
+                            "ground_truth": {"target": target, "numbers": nums},
+                        },
+                        "extra_info": {
+                            "split": split,
+                            "index": i,
+                            "group": group,
+                            "solution": solution,
+                        },
+                        "target": target,
+                        "nums": nums,
+                    }
+                )
+            path = root / group / f"{split}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("local")
+    data = write_data(root / "data")
+    model = tiny.ensure_tiny_model(root / "model", data, sft_steps=2, eval_samples=2)
+    return data, model
+
+
+def overrides(data: Path, model: Path, ckpt: Path, **extra: object) -> list[str]:
+    args = {
+        "data.train_files": str(data / "plus" / "train.parquet"),
+        "data.val_files": f"[{data}/plus/test.parquet,{data}/plus_minus/test.parquet]",
+        "data.max_prompt_length": 48,
+        "data.max_response_length": 12,
+        "data.train_batch_size": 4,
+        "actor_rollout_ref.model.path": str(model),
+        "actor_rollout_ref.actor.optim.lr": 1e-4,
+        "actor_rollout_ref.rollout.n": 2,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 2,
+        "algorithm.adv_estimator": "grpo",
+        "custom_reward_function.path": countdown_reward.scoring.__file__,
+        "custom_reward_function.name": "compute_score_with_acc",
+        "trainer.total_epochs": 1,
+        "trainer.total_training_steps": 2,
+        "trainer.val_before_train": True,
+        "trainer.test_freq": 100,
+        "trainer.save_freq": 1,
+        "trainer.default_local_dir": str(ckpt),
+        "trainer.resume_mode": "auto",
+        "trainer.project_name": "test",
+        "trainer.experiment_name": "local",
+        "trainer.logger": "[console]",
+    }
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def step_lines(out: str) -> dict[int, dict[str, str]]:
+    steps: dict[int, dict[str, str]] = {}
+    for line in out.splitlines():
+        if m := STEP_LINE.match(line):
+            kv = dict(part.split(":", 1) for part in m.group(2).split(" - "))
+            steps.setdefault(int(m.group(1)), {}).update(kv)
+    return steps
+
+
+def test_cli_runs_logs_and_checkpoints_like_verl(setup, tmp_path: Path) -> None:
+    data, model = setup
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cl_trainer.local",
+            *overrides(data, model, ckpt, **{"trainer.save_freq": 2}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = step_lines(proc.stdout)
+    assert sorted(steps) == [0, 1, 2]
+    for step in (0, 2):  # validation before the first step and after the last, per group
+        for group in GROUPS:
+            assert f"val-core/countdown_{group}/acc/mean@1" in steps[step]
+            assert f"val-aux/countdown_{group}/reward/mean@1" in steps[step]
+    for key in (
+        "actor/pg_loss",
+        "actor/grad_norm",
+        "actor/entropy",
+        "critic/score/mean",
+        "critic/advantages/mean",
+        "response_length/mean",
+        "timing_s/step",
+    ):
+        assert key in steps[1] and key in steps[2]
+    assert "val-core/countdown_plus/acc/mean@1" not in steps[1]
+
+    assert (ckpt / checkpoint.TRACKER).read_text() == "2"
+    assert [p.name for p in ckpt.iterdir() if p.is_dir()] == ["global_step_2"]
+    hf = ckpt / "global_step_2" / "actor" / "huggingface"
+    assert AutoModelForCausalLM.from_pretrained(hf).config.model_type == "qwen2"
+    assert (hf / "tokenizer.json").is_file()
+    assert (ckpt / "global_step_2" / "actor" / "optim.pt").is_file()
+    assert (ckpt / "global_step_2" / "data.pt").is_file()
+
+
+def test_resume_continues_at_the_next_step(setup, tmp_path: Path, capsys) -> None:
+    data, model = setup
+    ckpt = tmp_path / "ckpt"
+    assert main(overrides(data, model, ckpt)) == 0
+    first = step_lines(capsys.readouterr().out)
+    assert sorted(first) == [0, 1, 2]
+    saved = AutoModelForCausalLM.from_pretrained(ckpt / "global_step_2" / "actor" / "huggingface")
+
+    assert main(overrides(data, model, ckpt, **{"trainer.total_training_steps": 3})) == 0
+    second = step_lines(capsys.readouterr().out)
+    assert sorted(second) == [2, 3], (
+        "resumed: validates at the restored step, then trains step 3 only"
+    )
+    assert "val-core/countdown_plus/acc/mean@1" in second[2]
+    assert (ckpt / checkpoint.TRACKER).read_text() == "3"
+    assert checkpoint.load(ckpt / "global_step_3").extra["global_step"] == 3
+    assert checkpoint.load(ckpt / "global_step_3").data["batch"] == 3, "sampler kept its position"
+    resumed = AutoModelForCausalLM.from_pretrained(ckpt / "global_step_3" / "actor" / "huggingface")
+    base = AutoModelForCausalLM.from_pretrained(model)
+    w = "model.embed_tokens.weight"
+    assert not torch.equal(saved.state_dict()[w], resumed.state_dict()[w]), "step 3 trained"
+    assert not torch.equal(base.state_dict()[w], saved.state_dict()[w]), "steps 1-2 trained"
+
+
+def test_uses_verl_core_algos(setup, tmp_path: Path, monkeypatch, capsys) -> None:
+    from verl.trainer.ppo import core_algos
+
+    data, model = setup
+    calls: list[tuple[torch.Tensor, object]] = []
+    real = core_algos.compute_grpo_outcome_advantage
+
+    def spy(**kwargs):
+        adv, ret = real(**kwargs)
+        calls.append((kwargs["token_level_rewards"].clone(), kwargs["index"]))
+        return adv, ret
+
+    losses: list[float] = []
+    real_loss = core_algos.get_policy_loss_fn("vanilla")
+
+    def loss_spy(**kwargs):
+        loss, metrics = real_loss(**kwargs)
+        losses.append(loss.item())
+        return loss, metrics
+
+    monkeypatch.setattr(core_algos, "compute_grpo_outcome_advantage", spy)
+    monkeypatch.setitem(core_algos.POLICY_LOSS_REGISTRY, "vanilla", loss_spy)
+    assert (
+        main(overrides(data, model, tmp_path / "ckpt", **{"trainer.val_before_train": False})) == 0
+    )
+    steps = step_lines(capsys.readouterr().out)
+    assert len(calls) == 2, "one GRPO advantage computation per step"
+    rewards, index = calls[0]
+    assert rewards.shape == (8, 12)  # 4 prompts x n=2, response length 12
+    assert len(set(index)) == 4 and all(list(index).count(u) == 2 for u in set(index))
+    assert len(losses) == 4, "two mini-batches per step, each through veRL's registered loss"
+    assert float(steps[1]["critic/score/mean"]) == pytest.approx(
+        rewards.sum(-1).mean().item(), abs=1e-6
+    )
+
+
+def test_critic_estimator_is_refused_in_one_line(setup, tmp_path: Path, capsys) -> None:
+    data, model = setup
+    assert (
+        main(overrides(data, model, tmp_path / "ckpt", **{"algorithm.adv_estimator": "gae"})) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "grpo" in err and "\n" not in err
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_unknown_override_is_refused(setup, tmp_path: Path, capsys) -> None:
+    data, model = setup
+    assert main([*overrides(data, model, tmp_path / "ckpt"), "trainer.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err

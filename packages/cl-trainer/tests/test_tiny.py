@@ -1,0 +1,103 @@
+"""The tiny preset's tokenizer and model build (cl_trainer.tiny)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cl_trainer import tiny
+
+
+def prompt_text(nums: list[int], target: int) -> str:
+    """The ``compact`` template's prompt."""
+    return f"nums {' '.join(map(str, nums))} target {target} ops +\n"
+
+
+def write_plus_data(root: Path, n_train: int = 64, n_test: int = 8) -> Path:
+    """A ``plus`` group in the CONTRACTS row schema (compact prompts), no generator needed."""
+    rng = random.Random(0)
+    for split, size in (("train", n_train), ("test", n_test)):
+        rows = []
+        for i in range(size):
+            nums = [rng.randint(1, 99) for _ in range(3)]
+            rows.append(
+                {
+                    "data_source": "countdown_plus",
+                    "prompt": [
+                        {
+                            "role": "user",
+                            "content": prompt_text(nums, sum(nums)),
+                        }
+                    ],
+                    "ability": "math",
+                    "reward_model": {
+                        "style": "rule",
+                        "ground_truth": {"target": sum(nums), "numbers": nums},
+                    },
+                    "extra_info": {
+                        "split": split,
+                        "index": i,
+                        "group": "plus",
+                        "solution": " + ".join(map(str, nums)),
+                    },
+                    "target": sum(nums),
+                    "nums": nums,
+                }
+            )
+        path = root / "plus" / f"{split}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return root
+
+
+def test_tokenizer_round_trip_and_chat_template(tmp_path: Path) -> None:
+    tok = tiny.build_tokenizer()
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    loaded = AutoTokenizer.from_pretrained(tmp_path)  # what veRL does: the qwen2 tokenizer class
+    text = "nums 12 7 target 19 ops +-*/\n<think>7+12</think><answer>(12+7)*1</answer>"
+    ids = loaded.encode(text, add_special_tokens=False)
+    assert ids == tok.encode(text, add_special_tokens=False)
+    assert loaded.decode(ids) == text
+    answer = [tok.convert_tokens_to_ids(t) for t in tiny.TAG_TOKENS]
+    assert set(answer) <= set(ids), "tags are single tokens"
+    assert loaded.decode([*ids, loaded.eos_token_id], skip_special_tokens=True) == text
+    prompt = [{"role": "user", "content": "nums 1 2 target 3 ops +\n"}]
+    rendered = loaded.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    assert rendered == "nums 1 2 target 3 ops +\n" + tiny.BOS_TOKEN
+    assert loaded.pad_token_id != loaded.eos_token_id
+
+
+def test_ensure_tiny_model_is_idempotent_and_loadable(tmp_path: Path, monkeypatch) -> None:
+    data = write_plus_data(tmp_path / "data")
+    out = tmp_path / "model"
+    assert tiny.ensure_tiny_model(out, data, sft_steps=3, eval_samples=4) == out
+    info = json.loads((out / tiny.MARKER).read_text())
+    assert info["sft_steps"] == 3 and set(info["post_sft_greedy_accuracy"]) == {"plus"}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")], (
+        "temp dir left behind"
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "qwen2" and model.config.tie_word_embeddings
+    assert model.config.vocab_size == len(tok)
+    assert (out / "model.safetensors").is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a complete model dir must not be rebuilt")
+
+    monkeypatch.setattr(tiny, "build_model", no_rebuild)
+    assert tiny.ensure_tiny_model(out, data) == out
+
+
+def test_ensure_tiny_model_without_data_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="countdown-data gen"):
+        tiny.ensure_tiny_model(tmp_path / "model", tmp_path / "nodata")
+    assert not (tmp_path / "model").exists()
