@@ -72,7 +72,7 @@ def _fmt_range(r: tuple[int, int]) -> str:
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # CI logs: one line per message, never wrapped
 
 
 @click.group(context_settings=CONTEXT)

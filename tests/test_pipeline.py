@@ -1,0 +1,90 @@
+"""End to end on CPU: data → continual training (local backend, tiny model) → cl-eval.
+
+A reduced curriculum (2 groups × 1 round, 2 steps per stage) through the real command lines; the
+artifacts are what a researcher relies on, so those are what is asserted.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cl_eval.logs import parse_log
+from cl_eval.run import load_run
+from cl_trainer.tiny import ensure_tiny_model
+
+BIN = Path(sys.executable).parent
+GROUPS = ("plus", "plus_minus")
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("pipeline")
+    data = work / "data"
+    _run(
+        str(BIN / "countdown-data"), "gen", "--out", str(data), "--groups", ",".join(GROUPS),
+        "--train-size", "200", "--test-size", "20", "--template", "compact", cwd=work,
+    )
+    run = work / "runs" / "tiny"
+    # Built here with few SFT steps to keep CI short; the trainer finds it complete and reuses it.
+    ensure_tiny_model(run / "base_model", data, seed=0, sft_steps=10, eval_samples=4)
+    _run(
+        str(BIN / "cl-trainer"), "--size", "tiny", "--groups", ",".join(GROUPS),
+        "--data-dir", str(data), "--out", str(run), "--no-wandb",
+        "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
+        "--", "data.train_max_samples=16", "data.val_max_samples=16", cwd=work,
+    )
+    _run(str(BIN / "cl-eval"), "report", "--run", str(run), cwd=work)
+    return run
+
+
+def test_every_stage_is_done_in_the_manifest(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["backend"] == "local"
+    assert [(s["round"], s["group"], s["status"]) for s in manifest["stages"]] == [
+        (1, "plus", "done"),
+        (1, "plus_minus", "done"),
+    ]
+
+
+def test_final_checkpoints_load_with_transformers(run_dir: Path) -> None:
+    for group in GROUPS:
+        final = run_dir / "metrics" / f"final_1_{group}"
+        model = AutoModelForCausalLM.from_pretrained(final)
+        tokenizer = AutoTokenizer.from_pretrained(final)
+        assert model.config.model_type == "qwen2"
+        assert tokenizer.decode(tokenizer("nums 3 5 target 8")["input_ids"]) == "nums 3 5 target 8"
+    assert (run_dir / "metrics" / "initial_1_plus_minus").exists()
+
+
+def test_logs_parse_into_a_full_accuracy_matrix(run_dir: Path) -> None:
+    run = load_run(run_dir)
+    assert not run.warnings
+    for stage in run.stages:
+        parsed = parse_log(stage.log)
+        assert parsed.train_steps() == [1, 2], stage.name
+        assert parsed.val_steps() == [0, 2], stage.name  # before the first step, after the last
+    proc = _run(str(BIN / "cl-eval"), "matrix", str(run_dir), "--json", cwd=run_dir)
+    matrix = json.loads(proc.stdout)
+    assert matrix["rows"] == ["base", "R1_plus", "R1_plus_minus"]
+    assert all(0.0 <= v <= 1.0 for row in matrix["values"] for v in row)
+
+
+def test_report_and_plots_are_written(run_dir: Path) -> None:
+    assert "Accuracy matrix" in (run_dir / "report.md").read_text()
+    for name in ("training_metrics", "accuracy_matrix", "weight_change", "forgetting"):
+        png = run_dir / "plots" / f"{name}_tiny.png"
+        assert png.stat().st_size > 10_000, png
+    consolidated = json.loads((run_dir / "metrics" / "consolidated_metrics_tiny.json").read_text())
+    assert consolidated["accuracy_matrix"]["columns"] == list(GROUPS)
