@@ -80,6 +80,7 @@ def test_ensure_tiny_model_is_idempotent_and_loadable(tmp_path: Path, monkeypatc
     assert tiny.ensure_tiny_model(out, data, sft_steps=3, eval_samples=4) == out
     info = json.loads((out / tiny.MARKER).read_text())
     assert info["sft_steps"] == 3 and set(info["post_sft_greedy_accuracy"]) == {"plus"}
+    assert set(info["post_sft_sampled_accuracy"]) == {"plus"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")], (
         "temp dir left behind"
     )
@@ -101,3 +102,19 @@ def test_ensure_tiny_model_without_data_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="countdown-data gen"):
         tiny.ensure_tiny_model(tmp_path / "model", tmp_path / "nodata")
     assert not (tmp_path / "model").exists()
+
+
+def test_sft_pairs_match_the_rl_prompt_tokens(tmp_path: Path) -> None:
+    """The SFT prompt is token for token what RL's chat template renders; a sum is copied in the
+    prompt's number order, without spaces or worked steps."""
+    import pyarrow.parquet as pq
+
+    data = write_plus_data(tmp_path / "data")
+    tok = tiny.build_tokenizer()
+    row = pq.read_table(data / "plus" / "train.parquet").to_pylist()[0]
+    prompt, completion = tiny.sft_pairs(data, "plus")[0]
+    ids, start = tiny._encode_pair(tok, prompt, completion)
+    rendered = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    assert ids[:start] == tok.encode(rendered, add_special_tokens=False)
+    numbers = row["reward_model"]["ground_truth"]["numbers"]
+    assert completion == f"<think></think><answer>{'+'.join(map(str, numbers))}</answer>"
