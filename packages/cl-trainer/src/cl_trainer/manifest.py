@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cl_trainer.atomic import write_text_atomic
 from cl_trainer.config import NOT_COMPARED, TrainerConfig
 from cl_trainer.stages import Stage
 
@@ -84,18 +83,7 @@ def new_manifest(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> di
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomic: a reader sees the old or the new file, never half of one."""
     manifest["updated_at"] = now()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".run.json.", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, run_dir / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:

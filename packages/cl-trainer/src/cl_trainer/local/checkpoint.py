@@ -9,17 +9,17 @@ previous checkpoint as the latest.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from cl_trainer.atomic import building_dir, write_text_atomic
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
@@ -45,13 +45,6 @@ def latest(root: Path) -> Path | None:
         return None
     path = step_dir(root, int(tracker.read_text().strip()))
     return path if path.is_dir() else None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -82,23 +75,15 @@ def save(
     keep: int | None = None,
 ) -> Path:
     """Write ``global_step_<step>`` (built in a temp dir, then renamed), then the tracker."""
-    root.mkdir(parents=True, exist_ok=True)
     final = step_dir(root, step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
-    try:
+    with building_dir(final) as tmp:
         actor = tmp / "actor"
         model.save_pretrained(actor / "huggingface", safe_serialization=True)
         tokenizer.save_pretrained(actor / "huggingface")
         torch.save(optim, actor / "optim.pt")
         torch.save({**extra, "rng": rng_state(), "global_step": step}, actor / "extra_state.pt")
         torch.save(data, tmp / "data.pt")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _write_atomic(root / TRACKER, str(step))
+    write_text_atomic(root / TRACKER, str(step))
     if keep is not None and keep > 0:
         _prune(root, keep)
     return final
