@@ -74,43 +74,37 @@ def score(
     return scores, dict(extras)
 
 
-def compute_advantage(batch: dict[str, Any], uids: np.ndarray, algo: DictConfig) -> None:
-    """``ray_trainer.compute_advantage`` for critic-free estimators, via ``core_algos``."""
-    from verl.trainer.ppo import core_algos
+def _proto(batch: dict[str, Any], keys: tuple[str, ...], uids: np.ndarray | None = None) -> Any:
+    """The slice of our dict batch that veRL's trainer functions read, as a ``DataProto``."""
+    from verl import DataProto
 
-    estimator = str(algo.adv_estimator)
-    if estimator == core_algos.AdvantageEstimator.GRPO.value:
-        adv, ret = core_algos.compute_grpo_outcome_advantage(
-            token_level_rewards=batch["token_level_rewards"],
-            response_mask=batch["response_mask"],
-            index=uids,
-            norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True),
-        )
-    else:
-        adv, ret = core_algos.get_adv_estimator_fn(estimator)(
-            token_level_rewards=batch["token_level_rewards"],
-            response_mask=batch["response_mask"],
-            index=uids,
-            config=algo,
-        )
-    batch["advantages"], batch["returns"] = adv, ret
+    non_tensors = {"uid": np.asarray(uids, dtype=object)} if uids is not None else None
+    return DataProto.from_dict(tensors={k: batch[k] for k in keys}, non_tensors=non_tensors)
+
+
+def compute_advantage(batch: dict[str, Any], uids: np.ndarray, algo: DictConfig) -> None:
+    """veRL's own ``ray_trainer.compute_advantage`` (critic-free estimators) on this batch."""
+    from verl.trainer.ppo.ray_trainer import compute_advantage as verl_compute_advantage
+
+    data = verl_compute_advantage(
+        _proto(batch, ("token_level_rewards", "response_mask"), uids),
+        adv_estimator=algo.adv_estimator,
+        gamma=algo.gamma,
+        lam=algo.lam,
+        norm_adv_by_std_in_grpo=algo.get("norm_adv_by_std_in_grpo", True),
+        config=algo,
+    )
+    batch["advantages"], batch["returns"] = data.batch["advantages"], data.batch["returns"]
 
 
 def apply_kl_penalty(batch: dict[str, Any], kl_ctrl: Any, kl_penalty: str) -> dict[str, float]:
-    """``ray_trainer.apply_kl_penalty`` (not importable without Ray): rewards = scores - beta*KL."""
-    from verl.trainer.ppo import core_algos
-    from verl.utils.torch_functional import masked_mean
+    """veRL's own ``ray_trainer.apply_kl_penalty``: rewards = scores - beta * KL(old || ref)."""
+    from verl.trainer.ppo.ray_trainer import apply_kl_penalty as verl_apply_kl_penalty
 
-    mask = batch["response_mask"]
-    kld = (
-        core_algos.kl_penalty(batch["old_log_probs"], batch["ref_log_prob"], kl_penalty=kl_penalty)
-        * mask
-    )
-    beta = kl_ctrl.value
-    batch["token_level_rewards"] = batch["token_level_scores"] - beta * kld
-    current_kl = torch.mean(masked_mean(kld, mask=mask, axis=-1), dim=0).item()
-    kl_ctrl.update(current_kl=current_kl, n_steps=mask.shape[0])
-    return {"actor/reward_kl_penalty": current_kl, "actor/reward_kl_penalty_coeff": beta}
+    keys = ("token_level_scores", "old_log_probs", "ref_log_prob", "response_mask")
+    data, metrics = verl_apply_kl_penalty(_proto(batch, keys), kl_ctrl, kl_penalty=kl_penalty)
+    batch["token_level_rewards"] = data.batch["token_level_rewards"]
+    return metrics
 
 
 class LocalTrainer:
@@ -261,7 +255,7 @@ class LocalTrainer:
 
     def validate(self) -> dict[str, Any]:
         """``RayPPOTrainer._validate``: val_kwargs sampling, metrics per data source."""
-        from verl.trainer.ppo.metric_utils import process_validation_metrics
+        from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
         val_kwargs = self.cfg.actor_rollout_ref.rollout.val_kwargs
         n = int(val_kwargs.get("n", 1))
@@ -272,7 +266,8 @@ class LocalTrainer:
         scores, extras = score(self.reward_fn, self.tokenizer, examples, batch)
         infos: dict[str, list[Any]] = {"reward": scores.sum(-1).tolist(), **extras}
         data_sources = [ex.data_source for ex in examples]
-        return _val_metrics(process_validation_metrics(data_sources, sample_uids, infos))
+        # veRL's own naming of val-core/val-aux metrics; the method uses nothing of its instance.
+        return RayPPOTrainer._val_metrics_update(None, data_sources, sample_uids, infos, [])
 
     def _update_actor(self, batch: dict[str, Any]) -> dict[str, list[float]]:
         """Mini-batch PPO epochs with ``core_algos``' policy loss, KL loss and ``agg_loss``."""
@@ -465,24 +460,6 @@ class LocalTrainer:
             self.global_steps += 1
         if int(cfg.trainer.save_freq) <= 0:
             self.save_checkpoint()
-
-
-def _val_metrics(data_src2var2metric2val: dict[str, Any]) -> dict[str, Any]:
-    """``RayPPOTrainer._val_metrics_update``'s naming (a method of a class that needs Ray)."""
-    metric_dict = {}
-    for data_source, var2metric2val in data_src2var2metric2val.items():
-        core_var = "acc" if "acc" in var2metric2val else "reward"
-        for var_name, metric2val in var2metric2val.items():
-            n_max = max(int(name.split("@")[-1].split("/")[0]) for name in metric2val)
-            for metric_name, metric_val in metric2val.items():
-                core = (
-                    var_name == core_var
-                    and any(metric_name.startswith(p) for p in ("mean", "maj", "best"))
-                    and f"@{n_max}" in metric_name
-                )
-                section = "val-core" if core else "val-aux"
-                metric_dict[f"{section}/{data_source}/{var_name}/{metric_name}"] = metric_val
-    return metric_dict
 
 
 def cpu_threads() -> int:
