@@ -118,3 +118,20 @@ def test_sft_pairs_match_the_rl_prompt_tokens(tmp_path: Path) -> None:
     assert ids[:start] == tok.encode(rendered, add_special_tokens=False)
     numbers = row["reward_model"]["ground_truth"]["numbers"]
     assert completion == f"<think></think><answer>{'+'.join(map(str, numbers))}</answer>"
+
+
+def test_plus_demonstrations_are_noisy_by_design(tmp_path: Path) -> None:
+    """Every second plus demonstration stops one number short (the error RL then corrects); the
+    others are the full sum, so the warm start is neither perfect nor hopeless."""
+    import pyarrow.parquet as pq
+
+    data = write_plus_data(tmp_path / "data")
+    rows = pq.read_table(data / "plus" / "train.parquet").to_pylist()
+    pairs = tiny.sft_pairs(data, "plus")
+    short = 0
+    for row, (_, completion) in zip(rows, pairs, strict=True):
+        numbers = list(map(str, row["nums"]))
+        answer = completion.split("<answer>")[1].split("</answer>")[0]
+        assert answer in ("+".join(numbers), "+".join(numbers[:-1]))
+        short += answer == "+".join(numbers[:-1])
+    assert short == len(rows) // tiny.PLUS_EARLY_STOP_EVERY

@@ -47,6 +47,13 @@ SFT_GROUP_WEIGHTS: dict[str, float] = {
 """Mostly ``plus``, whose answer is a copy of the numbers: the copying circuit forms within a few
 hundred steps only when most of each batch asks for it; the others still teach the format."""
 
+PLUS_EARLY_STOP_EVERY = 2
+"""Every second ``plus`` demonstration stops one number early (a noisy demonstrator): the warm
+start then hesitates between finishing the sum and stopping short, one shared decision that
+GRPO's outcome reward can correct within a dozen steps, so the demo shows RL learning. A faithful
+demonstrator leaves only scattered copy slips, which a model this small sharpens away too slowly
+to see in a CPU demo (measured: no rise beyond noise in 12-48 steps)."""
+
 MODEL_SHAPE: dict[str, int] = {
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -120,10 +127,13 @@ def sft_pairs(data_dir: Path, group: str) -> list[tuple[str, str]]:
     """
     from countdown_data.sft import sft_examples
 
-    return [
-        (ex["prompt"], f"<think></think><answer>{_compact(ex)}</answer>")
-        for ex in sft_examples(data_dir, split="train", groups=[group])
-    ]
+    pairs = []
+    for i, ex in enumerate(sft_examples(data_dir, split="train", groups=[group])):
+        answer = _compact(ex)
+        if group == "plus" and (i + 1) % PLUS_EARLY_STOP_EVERY == 0:
+            answer = answer.rsplit("+", 1)[0]
+        pairs.append((ex["prompt"], f"<think></think><answer>{answer}</answer>"))
+    return pairs
 
 
 def _compact(example: dict[str, Any]) -> str:
@@ -255,11 +265,11 @@ def ensure_tiny_model(
     ``tiny_model.json`` records the SFT loss and post-SFT greedy accuracy per group.
 
     ``sft_steps=220`` (batch 32, ~45 s on one core) teaches ``plus`` past the copying phase
-    transition (greedy 0.9-1.0 on ``gen --quick --template compact`` data, seeds 0-2) while one
-    sample at temperature 1 still solves only about 0.6: RL, validated by sampling in the tiny
-    preset, has room to sharpen it. The other groups get well-formed but (almost) never correct
-    answers. One torch thread: this model is too small to gain from more, and spinning OpenMP
-    threads slow it several-fold whenever another process shares the cores.
+    transition; with the noisy demonstrator (``PLUS_EARLY_STOP_EVERY``) one sample at temperature 1
+    then solves about 0.3 of ``plus`` (greedy about 0.6, seed 0, ``gen --quick --template compact``
+    data), which RL raises. The other groups get well-formed but (almost) never correct answers.
+    One torch thread: this model is too small to gain from more, and spinning OpenMP threads slow
+    it several-fold whenever another process shares the cores.
     """
     from countdown_data.groups import GROUPS
 
