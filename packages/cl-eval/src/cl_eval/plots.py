@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
+
+from cl_eval.atomic import atomic_write
 
 
 @dataclass
@@ -42,20 +43,13 @@ PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
-    """Atomic: render to a temp file beside ``out`` and rename, so a crash leaves the old plot."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-    os.close(fd)
+    """Render to memory, then write atomically, so a crash leaves the old plot."""
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, out)
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(out, buf.getvalue())
     return out
 
 

@@ -7,13 +7,12 @@ import datetime as dt
 import html
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from cl_eval.atomic import atomic_write
 from cl_eval.logs import ParsedLog, group_accuracy, parse_log
 from cl_eval.matrix import (
     DEFINITIONS,
@@ -46,26 +45,6 @@ TRAIN_KEYS: dict[str, tuple[str, ...]] = {
 }
 """Short name -> veRL keys (first present wins). ppo_kl is the k1 estimate of KL(π_old‖π) per
 update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref)."""
-
-
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write via a temp file in the same directory and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _clean(obj: object) -> object:
