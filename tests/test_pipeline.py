@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cl_eval.logs import parse_log
 from cl_eval.run import load_run
-from cl_trainer.tiny import ensure_tiny_model
+from cl_trainer.local.tiny import ensure_tiny_model
 
 BIN = Path(sys.executable).parent
 GROUPS = ("plus", "plus_minus")

@@ -1,12 +1,11 @@
-"""The installed veRL loads and calls our reward through its own custom_reward_function path."""
-
-from pathlib import Path
+"""The installed veRL loads and calls our reward through its own custom_reward_function path,
+given exactly as the trainer gives it (``pkg://countdown_reward``)."""
 
 import numpy as np
 from omegaconf import OmegaConf
 from verl.trainer.ppo.reward import get_custom_reward_fn
 
-import countdown_reward.scoring as scoring
+from cl_trainer.overrides import reward_module
 
 
 def _config(name: str, **reward_kwargs: float):
@@ -14,7 +13,7 @@ def _config(name: str, **reward_kwargs: float):
         {
             "reward": {
                 "custom_reward_function": {
-                    "path": str(Path(scoring.__file__)),
+                    "path": reward_module(),
                     "name": name,
                     "reward_kwargs": reward_kwargs,
                 }

@@ -7,14 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from cl_eval.logs import (
-    data_sources,
-    group_accuracy,
-    parse_line,
-    parse_log,
-    parse_log_text,
-    parse_value,
-)
+from cl_eval.logs import parse_log, parse_log_text
+from countdown_data.runs import data_sources, group_accuracy, parse_value
+from countdown_data.runs import parse_metric_line as parse_line
 
 
 @pytest.mark.parametrize(

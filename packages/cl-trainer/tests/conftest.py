@@ -46,16 +46,33 @@ def make_hf_model(path: Path, texts: list[str]) -> Path:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """countdown-data's own generator and parquet writer, 40 train / 8 test puzzles per group."""
-    from countdown_data.dataset import build_table, split_path, write_table
-    from countdown_data.generate import GenConfig, generate
+    """A real countdown-data set (40 train / 8 test puzzles per group, ``base`` prompts)."""
+    from countdown_data import GenConfig, write_dataset
 
     root = tmp_path_factory.mktemp("data")
-    for (group, split), rows in generate(GenConfig(train_size=40, test_size=8)).items():
-        path = split_path(root, group, split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_table(build_table(group, split, rows, "base"), path)
+    write_dataset(GenConfig(train_size=40, test_size=8), root)
     return root
+
+
+class Recorder:
+    """An engine reporter that keeps what it is told (``cl_trainer.engine.Reporter``)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.notes: list[str] = []
+        self.finished: list[tuple[str, str]] = []
+
+    def stage_started(self, plan, total, resumed, log) -> None:
+        self.notes.append(f"{'resuming' if resumed else 'starting'} {plan.stage.name}")
+
+    def output(self, line: str) -> None:
+        self.lines.append(line)
+
+    def stage_finished(self, stage, record) -> None:
+        self.finished.append((stage.name, record["status"]))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from cl_trainer import checks
 from cl_trainer.cli import main
-from cl_trainer.config import BACKEND_CMD_ENV, resolve_config
+from cl_trainer.config import resolve_config
+from cl_trainer.errors import TrainerError
+from cl_trainer.overrides import BACKEND_CMD_ENV
 
 from .conftest import FAKE_VERL
 
@@ -93,7 +95,10 @@ def test_bare_command_runs_with_the_default_run_command(
         env=env,
     )
     assert res.exit_code == 0, res.output
-    assert "step:0 - val-core/countdown_plus/acc/mean@1" in res.output  # teed to the console
+    assert "step:0 - val-core/countdown_plus/acc/mean@1" in (
+        tmp_path / "logs" / "ContinualCountdown_R1_plus.log"
+    ).read_text()  # the whole stream goes to the stage log
+    assert "validation plus 0.10 → 0.15" in res.output  # the console summarises it
     stage = json.loads((tmp_path / "run.json").read_text())["stages"][0]
     assert stage["status"] == "done"
 
@@ -136,7 +141,7 @@ def test_verl_backend_without_gpu_says_so(
         ({"ppo_mini_batch_size": 48}, 8, "PPO mini-batch 48 does not divide the train batch 128"),
         ({"ppo_mini_batch_size": 256}, 8, "larger than the train batch 128"),
         (
-            {"micro_batch_per_gpu": 3},
+            {"ppo_micro_batch_size_per_gpu": 3},
             8,
             "micro-batch 3/GPU does not divide the per-GPU mini-batch 2",
         ),
@@ -152,14 +157,20 @@ def test_preflight_errors_are_one_line(
 ) -> None:
     opts = {"data_dir": data_dir, "model": str(hf_model), **kwargs}
     cfg = resolve_config("1.5b", **opts)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(TrainerError) as err:
         checks.preflight(cfg, gpus=gpus)
-    text = err.value.format_message()
+    text = str(err.value)
     assert message in text and "\n" not in text
 
 
 def test_hub_ids_pass_the_model_check(data_dir: Path) -> None:
-    checks.preflight(resolve_config("0.5b", data_dir=data_dir), gpus=2)
+    """A hub ID is downloaded later, so preflight must not look for it on disk (a local path
+    that is not there is refused)."""
+    cfg = resolve_config("0.5b", data_dir=data_dir)
+    assert cfg.model == "Qwen/Qwen2.5-0.5B" and not Path(cfg.model).exists()
+    checks.preflight(cfg, gpus=2)
+    with pytest.raises(TrainerError, match="model not found"):
+        checks.preflight(resolve_config("0.5b", data_dir=data_dir, model="./Qwen2.5"), gpus=2)
 
 
 def test_disk_check(
@@ -168,6 +179,6 @@ def test_disk_check(
     cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path)
     assert checks.checkpoint_bytes(cfg, "Qwen/Qwen2.5-1.5B") > 40e9  # actor + critic, with Adam
     monkeypatch.setattr(checks.shutil, "disk_usage", lambda _p: type("U", (), {"free": 10**9})())
-    with pytest.raises(Exception, match="not enough disk for the next checkpoint"):
+    with pytest.raises(TrainerError, match="not enough disk for the next checkpoint"):
         checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B")
     checks.check_disk(resolve_config("tiny", out=tmp_path, model=str(hf_model)), str(hf_model))

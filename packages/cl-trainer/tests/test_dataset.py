@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from cl_trainer.presets import PRESETS
+from cl_trainer.config import preset_value
 
 
 @pytest.mark.parametrize("size", ["0.5b", "1.5b"])
@@ -17,7 +17,7 @@ def test_rlhf_dataset_loads_every_group_within_max_prompt_length(
     size: str, data_dir: Path, hf_model: Path, tmp_path: Path
 ) -> None:
     tokenizer = AutoTokenizer.from_pretrained(hf_model)
-    limit = PRESETS[size].max_prompt_length
+    limit = preset_value(size, "max_prompt_length")
     files = [str(data_dir / g / "test.parquet") for g in ("plus", "plus_minus_mul_div")]
     config = OmegaConf.create(
         {

@@ -7,11 +7,14 @@ import json
 import os
 from pathlib import Path
 
-import click
 import pytest
 
+from cl_trainer.checkpoints import latest_export
 from cl_trainer.config import TrainerConfig, resolve_config
-from cl_trainer.engine import Engine, latest_step, link_model_dir
+from cl_trainer.engine import Engine, link_model_dir
+from cl_trainer.errors import TrainerError
+
+from .conftest import Recorder
 
 GROUPS2 = ["plus", "plus_minus"]
 
@@ -47,7 +50,7 @@ def run_engine(
     monkeypatch.setenv("FAKE_VERL_FAIL", fail)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    return Engine(cfg, force=force, backend_cmd=backend, echo=lambda _line: None).run()
+    return Engine(cfg, Recorder(), force=force, backend_cmd=backend).run()
 
 
 def read_calls(path: Path) -> list[dict]:
@@ -66,7 +69,7 @@ def test_full_run_chains_models_and_writes_everything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run)
+    cfg = make_cfg(data_dir, hf_model, run, critic_init="chain")
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
 
     m = manifest(run)
@@ -110,7 +113,7 @@ def test_full_run_chains_models_and_writes_everything(
     # Pruning: only the last checkpoint (keep-checkpoints 1) survives; it stays resumable.
     ckpt = run / "checkpoints" / "R1_plus"
     assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_5"]
-    assert latest_step(ckpt) == 5
+    assert latest_export(ckpt) == 5
     assert (final / "model.safetensors").is_file()
 
     # Running the same command again is a no-op.
@@ -212,7 +215,7 @@ def test_config_change_is_refused_unless_forced(
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
     before = (run / "run.json").read_text()
     changed = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"], epochs=2)
-    with pytest.raises(click.ClickException, match=r"epochs: 1 -> 2.*--force"):
+    with pytest.raises(TrainerError, match=r"epochs: 1 -> 2.*--force"):
         run_engine(changed, fake_backend, monkeypatch, calls)
     assert (run / "run.json").read_text() == before
     # Keys that do not change the training (keep-checkpoints, W&B) are not a config change.

@@ -2,71 +2,35 @@
 
 from __future__ import annotations
 
-import random
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import countdown_reward.scoring
-from cl_trainer import tiny
-from cl_trainer.local import checkpoint
+from cl_trainer.local import checkpoint, tiny
 from cl_trainer.local.__main__ import main
+from cl_trainer.overrides import REWARD_FUNCTION, reward_module
+from countdown_data import GenConfig, write_dataset
 
-GROUPS = {
-    "plus": lambda a, b, c: (a + b + c, f"{a} + {b} + {c}"),
-    "plus_minus": lambda a, b, c: (a + b - c, f"{a} + {b} - {c}"),
-}
+GROUPS = ("plus", "plus_minus")
 STEP_LINE = re.compile(r"^step:(\d+) - (.*)$")
 
 
-def prompt_text(nums: list[int], target: int) -> str:
-    """The ``compact`` template's prompt."""
-    return f"nums {' '.join(map(str, nums))} target {target} ops +\n"
-
-
 def write_data(root: Path, n_train: int = 16, n_test: int = 4) -> Path:
-    """Two groups in the CONTRACTS row schema, compact prompts."""
-    rng = random.Random(1)
-    for group, make in GROUPS.items():
-        for split, size in (("train", n_train), ("test", n_test)):
-            rows = []
-            for i in range(size):
-                nums = [rng.randint(10, 60) for _ in range(3)]
-                target, solution = make(*nums)
-                rows.append(
-                    {
-                        "data_source": f"countdown_{group}",
-                        "prompt": [
-                            {
-                                "role": "user",
-                                "content": prompt_text(nums, target),
-                            }
-                        ],
-                        "ability": "math",
-                        "reward_model": {
-                            "style": "rule",
-                            "ground_truth": {"target": target, "numbers": nums},
-                        },
-                        "extra_info": {
-                            "split": split,
-                            "index": i,
-                            "group": group,
-                            "solution": solution,
-                        },
-                        "target": target,
-                        "nums": nums,
-                    }
-                )
-            path = root / group / f"{split}.parquet"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(pa.Table.from_pylist(rows), path)
+    """Two groups from countdown-data's own writer, short ``compact`` prompts."""
+    cfg = GenConfig(
+        train_size=n_train,
+        test_size=n_test,
+        groups=GROUPS,
+        numbers_per_puzzle=(3, 3),
+        number_range=(10, 60),
+        template="compact",
+    )
+    write_dataset(cfg, root)
     return root
 
 
@@ -90,8 +54,8 @@ def overrides(data: Path, model: Path, ckpt: Path, **extra: object) -> list[str]
         "actor_rollout_ref.rollout.n": 2,
         "actor_rollout_ref.actor.ppo_mini_batch_size": 2,
         "algorithm.adv_estimator": "grpo",
-        "custom_reward_function.path": countdown_reward.scoring.__file__,
-        "custom_reward_function.name": "compute_score_with_acc",
+        "reward.custom_reward_function.path": reward_module(),
+        "reward.custom_reward_function.name": REWARD_FUNCTION,
         "trainer.total_epochs": 1,
         "trainer.total_training_steps": 2,
         "trainer.val_before_train": True,

@@ -1,58 +1,27 @@
-"""The tiny preset's tokenizer and model build (cl_trainer.tiny)."""
+"""The tiny preset's tokenizer and model build (cl_trainer.local.tiny)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cl_trainer import tiny
-
-
-def prompt_text(nums: list[int], target: int) -> str:
-    """The ``compact`` template's prompt."""
-    return f"nums {' '.join(map(str, nums))} target {target} ops +\n"
+from cl_trainer.local import tiny
+from countdown_data import GenConfig, write_dataset
 
 
 def write_plus_data(root: Path, n_train: int = 64, n_test: int = 8) -> Path:
-    """A ``plus`` group in the CONTRACTS row schema (compact prompts), no generator needed."""
-    rng = random.Random(0)
-    for split, size in (("train", n_train), ("test", n_test)):
-        rows = []
-        for i in range(size):
-            nums = [rng.randint(1, 99) for _ in range(3)]
-            rows.append(
-                {
-                    "data_source": "countdown_plus",
-                    "prompt": [
-                        {
-                            "role": "user",
-                            "content": prompt_text(nums, sum(nums)),
-                        }
-                    ],
-                    "ability": "math",
-                    "reward_model": {
-                        "style": "rule",
-                        "ground_truth": {"target": sum(nums), "numbers": nums},
-                    },
-                    "extra_info": {
-                        "split": split,
-                        "index": i,
-                        "group": "plus",
-                        "solution": " + ".join(map(str, nums)),
-                    },
-                    "target": sum(nums),
-                    "nums": nums,
-                }
-            )
-        path = root / "plus" / f"{split}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), path)
+    """A ``plus`` group from countdown-data's own writer, ``compact`` prompts."""
+    cfg = GenConfig(
+        train_size=n_train,
+        test_size=n_test,
+        groups=("plus",),
+        numbers_per_puzzle=(3, 3),
+        template="compact",
+    )
+    write_dataset(cfg, root)
     return root
 
 

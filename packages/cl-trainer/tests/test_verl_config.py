@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
-from cl_trainer.config import resolve_config, stage_overrides
+from cl_trainer.config import preset_value, resolve_config
+from cl_trainer.overrides import stage_overrides
 from cl_trainer.presets import PRESETS
+from cl_trainer.stages import Stage
 
 CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
 
@@ -30,10 +32,12 @@ def compose_stage(overrides: list[str]) -> DictConfig:
 def test_overrides_compose_and_validate(
     size: str, algo: str, data_dir: Path, hf_model: Path, tmp_path: Path
 ) -> None:
-    preset = PRESETS[size]
+    def preset(name: str) -> object:
+        return preset_value(size, name)
+
     cfg = resolve_config(size, algo=algo, data_dir=data_dir, out=tmp_path / "run")
     overrides = stage_overrides(
-        cfg, round_=2, group="plus_minus", actor_path=str(hf_model), critic_path=str(hf_model)
+        cfg, Stage(5, 2, "plus_minus"), actor_path=str(hf_model), critic_path=str(hf_model)
     )
     conf = compose_stage(overrides)
     validate_config(
@@ -43,20 +47,21 @@ def test_overrides_compose_and_validate(
     arr = conf.actor_rollout_ref
     assert conf.data.train_files == str(data_dir / "plus_minus" / "train.parquet")
     assert list(conf.data.val_files) == [str(data_dir / g / "test.parquet") for g in cfg.groups]
-    assert conf.data.train_batch_size == preset.train_batch_size
-    assert conf.data.max_prompt_length == preset.max_prompt_length
+    assert conf.data.train_batch_size == preset("train_batch_size")
+    assert conf.data.max_prompt_length == preset("max_prompt_length")
     assert arr.model.path == str(hf_model)
     assert arr.rollout.name == "vllm"
-    assert arr.rollout.tensor_model_parallel_size == (1 if preset.backend == "local" else preset.tp)
-    assert arr.actor.ppo_mini_batch_size == preset.ppo_mini_batch_size
-    assert arr.actor.ppo_micro_batch_size_per_gpu <= preset.micro_batch_per_gpu
+    local = preset("backend") == "local"
+    assert arr.rollout.tensor_model_parallel_size == (1 if local else preset("tp"))
+    assert arr.actor.ppo_mini_batch_size == preset("ppo_mini_batch_size")
+    assert arr.actor.ppo_micro_batch_size_per_gpu <= preset("ppo_micro_batch_size_per_gpu")
     assert "hf_model" in arr.actor.checkpoint.save_contents
     assert "hf_model" not in arr.actor.checkpoint.load_contents
     assert conf.reward.custom_reward_function.path == "pkg://countdown_reward"
     assert conf.reward.custom_reward_function.name == "compute_score_with_acc"
     assert conf.trainer.experiment_name == "ContinualCountdown_R2_plus_minus"
     assert conf.trainer.default_local_dir == str(tmp_path / "run" / "checkpoints" / "R2_plus_minus")
-    assert conf.trainer.total_epochs == preset.epochs
+    assert conf.trainer.total_epochs == preset("epochs")
     assert conf.trainer.val_before_train is True
     assert conf.trainer.test_freq > 0 and conf.trainer.save_freq > 0
     assert conf.trainer.resume_mode == "auto"
@@ -68,7 +73,7 @@ def test_overrides_compose_and_validate(
         assert arr.rollout.n == 1
     else:
         assert conf.algorithm.adv_estimator == "grpo" and not need_critic(conf)
-        assert arr.rollout.n == preset.rollout_n and arr.actor.use_kl_loss
+        assert arr.rollout.n == preset("rollout_n") and arr.actor.use_kl_loss
 
 
 def test_the_original_batch_sizes_survive(data_dir: Path) -> None:
@@ -108,8 +113,7 @@ def test_scale_options_and_user_overrides_reach_verl(
     conf = compose_stage(
         stage_overrides(
             cfg,
-            round_=1,
-            group="plus",
+            Stage(0, 1, "plus"),
             actor_path=str(hf_model),
             critic_path=str(hf_model),
             wandb_env={"WANDB_RUN_GROUP": "g"},

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from countdown_data.dataset import write_dataset
 from countdown_data.generate import GenConfig, generate
 
 SMALL = GenConfig(train_size=300, test_size=60, seed=7)
@@ -22,27 +23,7 @@ def small_data():
 
 @pytest.fixture(scope="session")
 def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small data set written by the CLI (read-only for tests: copy before corrupting)."""
-    from click.testing import CliRunner
-
-    from countdown_data.cli import main
-
+    """A small data set on disk, with its manifest (read-only for tests: copy before corrupting)."""
     out = tmp_path_factory.mktemp("data") / "continual"
-    res = CliRunner().invoke(
-        main,
-        [
-            "gen",
-            "--out",
-            str(out),
-            "--train-size",
-            "300",
-            "--test-size",
-            "60",
-            "--seed",
-            "7",
-            "--workers",
-            "1",
-        ],
-    )
-    assert res.exit_code == 0, res.output
+    write_dataset(SMALL, out)
     return out

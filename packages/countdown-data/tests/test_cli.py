@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import countdown_data.cli as cli_mod
+import countdown_data.dataset as dataset_mod
 from countdown_data.cli import main
 from countdown_data.dataset import SCHEMA, load_rows, write_table
 from countdown_data.groups import GROUPS, OPERATORS
@@ -102,7 +104,7 @@ def test_interrupted_gen_leaves_old_data_intact(
             raise KeyboardInterrupt
         write_table(table, path)
 
-    monkeypatch.setattr(cli_mod, "write_table", failing)
+    monkeypatch.setattr(dataset_mod, "write_table", failing)
     res = run(*GEN, "--out", str(out), "--seed", "9", "--force")
     assert res.exit_code != 0 and len(calls) == 3
     assert snapshot(out) == before  # no temporaries left, nothing replaced
@@ -200,3 +202,83 @@ def test_sft_examples_score_full_reward(small_dir: Path, tmp_path: Path) -> None
     res = run("sft", str(small_dir), "--out", str(tmp_path / "s.jsonl"), "--limit", "5")
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5 * len(GROUPS)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_validate_reports_damaged_data_pages_with_the_other_violations(
+    tmp_path: Path, small_dir: Path, workers: str
+) -> None:
+    """Pages overwritten under an intact footer: a [corrupt] violation beside the checksum one,
+    not a ZSTD traceback that hides it."""
+    out = tmp_path / "d"
+    shutil.copytree(small_dir, out)
+    path = out / "plus" / "train.parquet"
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle - 1000 : middle + 1000] = bytes(2000)
+    path.write_bytes(bytes(data))
+    res = run("validate", str(out), "--workers", workers)
+    assert res.exit_code == 1, res.output
+    assert "plus/train.parquet: [checksum]" in res.output
+    assert "plus/train.parquet: [corrupt]" in res.output
+    assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (lambda m: [], "not an object"),
+        (lambda m: {k: v for k, v in m.items() if k != "params"}, "params is missing"),
+        (lambda m: {**m, "counts": {**m["counts"], "plus": {}}}, "counts.plus.train"),
+        (
+            lambda m: {**m, "params": {**m["params"], "numbers_per_puzzle": "3-4"}},
+            "params.numbers_per_puzzle",
+        ),
+    ],
+)
+def test_validate_reports_a_malformed_manifest(
+    tmp_path: Path, small_dir: Path, damage, says: str
+) -> None:
+    out = tmp_path / "d"
+    shutil.copytree(small_dir, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(damage(manifest)))
+    res = run("validate", str(out), "--workers", "1")
+    assert res.exit_code == 1
+    assert "manifest.json: [manifest]" in res.output and says in res.output, res.output
+
+
+def test_gen_into_an_unwritable_place_fails_before_any_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = run("gen", "--out", str(blocker / "data"))  # the full default set: would take ~20 s
+    assert res.exit_code == 1
+    assert "cannot write to" in res.output and "--out" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_rerun_removes_what_a_killed_gen_left_and_prints_only_renamed_files(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "d"
+    (out / "plus").mkdir(parents=True)
+    stale = [out / "plus" / ".train.parquet.k9x_1.tmp", out / ".manifest.json.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    res = run(*GEN, "--out", str(out), "--groups", "plus")
+    assert res.exit_code == 0, res.output
+    assert not any(p.exists() for p in stale)
+    assert not list(out.rglob("*.tmp"))
+    printed = [line.split(":")[0] for line in res.output.splitlines() if "rows, " in line]
+    assert printed and all(Path(p).is_file() for p in printed)
+
+
+def test_files_follow_the_umask_like_any_open(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        res = run(*GEN, "--out", str(tmp_path / "d"), "--groups", "plus")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for path in [tmp_path / "d" / "manifest.json", *(tmp_path / "d").rglob("*.parquet")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

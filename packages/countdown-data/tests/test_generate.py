@@ -115,7 +115,7 @@ def test_small_space_filled_exactly() -> None:
     [
         ({"groups": ("plus", "times")}, "unknown group"),
         ({"number_range": (5, 1)}, "is empty"),
-        ({"target_range": (0, 10)}, "target-range"),
+        ({"target_range": (0, 10)}, "target_range"),
         ({"numbers_per_puzzle": (1, 3)}, "2-5"),
         ({"train_size": 0}, "at least 1"),
         ({"number_range": (1, 5), "numbers_per_puzzle": (3, 3)}, "unique puzzles"),
@@ -123,5 +123,13 @@ def test_small_space_filled_exactly() -> None:
     ],
 )
 def test_bad_options_rejected_before_work(change: dict, message: str, small_cfg: GenConfig) -> None:
-    with pytest.raises(GenerationError, match=message):
+    with pytest.raises(GenerationError, match=message) as err:
         check_config(replace(small_cfg, **change))
+    assert set(err.value.fields) & set(change)  # names a field, so a CLI can say its flag
+
+
+def test_errors_speak_field_names_that_a_front_end_renames() -> None:
+    err = GenerationError("train_size and test_size must be at least 1", "train_size", "test_size")
+    assert err.renamed(lambda f: "--" + f.replace("_", "-")) == (
+        "--train-size and --test-size must be at least 1"
+    )

@@ -1,5 +1,6 @@
 """Property tests: every valid solution scores 1.0, every tampered one does not, nothing raises."""
 
+import ast
 import operator
 from fractions import Fraction
 
@@ -82,17 +83,54 @@ def test_arbitrary_text_never_raises(text: str, target: int, numbers: list[int])
         assert score in (0.0, FORMAT, 1.0)
 
 
-@given(st.text(alphabet="0123456789+-*/() =<>answer/", max_size=200))
-def test_equation_alphabet_fuzz_is_consistent(text: str) -> None:
-    """Dense fuzzing in the verifier's own alphabet: a correct verdict must be truly correct."""
+def independent_verdict(text: str, target: int, numbers: list[int]) -> bool:
+    """An exact checker built on Python's own parser, independent of the verifier: binary
+    ``+ - * /`` over non-negative integer literals only (no unary minus, no implicit product,
+    no leading zeros), each number used exactly once, value equal to the target."""
+    try:
+        tree = ast.parse(" ".join(text.split()), mode="eval").body  # any whitespace is a space
+    except SyntaxError:
+        return False
+    literals: list[int] = []
+
+    def value(node: ast.AST) -> Fraction | None:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            literals.append(node.value)
+            return Fraction(node.value)
+        if isinstance(node, ast.BinOp) and type(node.op) in AST_OPS:
+            left, right = value(node.left), value(node.right)
+            if left is None or right is None or (isinstance(node.op, ast.Div) and right == 0):
+                return None
+            return AST_OPS[type(node.op)](left, right)
+        raise ValueError("not a plain arithmetic expression")
+
+    try:
+        result = value(tree)
+    except ValueError:
+        return False
+    return result == target and sorted(literals) == sorted(numbers)
+
+
+AST_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: OPS["/"]}
+ALPHABET = "0123456789+-*/() "
+
+
+@st.composite
+def mutated_answers(draw: st.DrawFn) -> str:
+    """Expressions over the puzzle's numbers (often correct), then a few random character edits,
+    so both the correct branch and every near-miss are reached."""
+    text, _ = draw(expressions(draw(st.permutations([2, 5]))))
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(text)))
+        if draw(st.booleans()) and i < len(text):
+            text = text[:i] + text[i + 1 :]
+        else:
+            text = text[:i] + draw(st.sampled_from(ALPHABET)) + text[i:]
+    return text
+
+
+@given(st.one_of(mutated_answers(), st.text(alphabet=ALPHABET, max_size=60)))
+def test_verdict_agrees_with_an_independent_exact_checker(text: str) -> None:
+    """Correct exactly when Python's parser, evaluated in fractions, says so (target 10 = 2 * 5)."""
     verdict = verify(f"<answer>{text}</answer>", 10, [2, 5])
-    assert verdict.reason in {
-        "no_answer",
-        "bad_syntax",
-        "wrong_numbers",
-        "div_by_zero",
-        "wrong_value",
-        "correct",
-    }
-    if verdict.correct:
-        assert sorted(verdict.numbers_used) == [2, 5] and verdict.value == 10
+    assert verdict.correct == independent_verdict(text, 10, [2, 5]), (text, verdict.reason)

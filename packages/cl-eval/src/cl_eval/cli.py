@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from countdown_data.runs import MANIFEST
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -41,7 +43,7 @@ def _run_dirs(runs: tuple[Path, ...], model_size: str | None, runs_root: Path) -
         sorted(
             d
             for d in runs_root.glob("*")
-            if d.is_dir() and ((d / "run.json").is_file() or (d / "logs").is_dir())
+            if d.is_dir() and ((d / MANIFEST).is_file() or (d / "logs").is_dir())
         )
         if runs_root.is_dir()
         else []
@@ -180,25 +182,18 @@ def matrix(run_dir: Path, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from cl_eval.matrix import DEFINITIONS, Curriculum, compute_metrics
-    from cl_eval.report import analyse_stage, build_matrix
-    from cl_eval.run import RunError, load_run
+    from cl_eval.analysis import analyse
+    from cl_eval.matrix import DEFINITIONS
+    from cl_eval.run import RunError
 
     try:
-        run = load_run(run_dir)
+        a = analyse(run_dir)
     except RunError as exc:
         raise click.ClickException(str(exc)) from exc
-    warnings = list(run.warnings)
-    results = [analyse_stage(st, run.groups, warnings) for st in run.stages]
-    R, _, origin = build_matrix(run, results, warnings)
-    measured = [k for k in range(1, R.shape[0]) if np.isfinite(R[k]).any()]
-    if not measured and not np.isfinite(R[0]).any():
+    run, R, origin, metrics, warnings = a.run, a.R, a.origin, a.metrics, a.warnings
+    if not a.stages_used and not np.isfinite(R[0]).any():
         raise click.ClickException(f"{run_dir}: no validation accuracy in any stage log")
-    metrics = None
-    if measured:
-        cur = Curriculum(tuple(run.groups), tuple(run.groups.index(s.group) for s in run.stages))
-        metrics = compute_metrics(R[: measured[-1] + 1], cur)
-    rows = ["base"] + [st.name for st in run.stages]
+    rows = a.row_names
     if as_json:
         clean = [[None if not math.isfinite(v) else v for v in r] for r in R.tolist()]
         click.echo(

@@ -1,94 +1,98 @@
-"""Parse veRL console logs (``step:N - key:value - ...``) into per-step metric records.
+"""A stage log as metric records, in file order.
 
-veRL 0.9.1 writes metric lines with ``verl.utils.logger.aggregate_logger.concat_dict_to_str``:
-``f"step:{step}"`` followed by ``f"{key}:{pprint.pformat(value)}"`` for every ``numbers.Number``
-value, joined by ``" - "``. With numpy>=2, ``pprint.pformat`` of a numpy scalar is its repr, e.g.
-``np.float64(0.5)``; Python floats give ``0.5``, ``nan``, ``inf``; bools give ``True``. Under
-Ray the line is prefixed (``(TaskRunner pid=123) step:3 - ...``), possibly with ANSI colours.
-Everything else in a stage log (Ray/vLLM noise, tqdm bars, tracebacks) is ignored.
+Lines are veRL's console metric lines (``countdown_data.runs.parse_metric_line``); everything
+else in a stage log (Ray/vLLM noise, tqdm bars, tracebacks) is ignored. Validation records are
+picked by their position in the file, never by their step number: a resumed stage's later lines
+win, and a stray line with a huge step cannot pose as the final validation.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_STEP = re.compile(r"(?:^|[\s)\]])step:(\d+)(?= - |$)")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)")
-_NP_SCALAR = re.compile(r"np\.(?:float|int|uint)\d*\((.*)\)")
-_SPECIAL = {"True": 1.0, "False": 0.0}
-
-VAL_PREFIXES = ("val-core/", "val-aux/")
+from countdown_data.runs import VAL_KEY, is_validation_key, parse_metric_line
 
 
-def parse_value(text: str) -> float | None:
-    """Turn one pformat'ed number (``0.5``, ``nan``, ``np.float64(0.5)``, ``True``) into a float."""
-    text = text.strip()
-    if text in _SPECIAL:
-        return _SPECIAL[text]
-    m = _NP_SCALAR.fullmatch(text)
-    if m:
-        text = m.group(1)
-    if not _NUMBER.fullmatch(text):
-        return None
-    return float(text)
+@dataclass(frozen=True)
+class Entry:
+    """One metric line: its 1-based line number, step and values."""
 
+    line: int
+    step: int
+    metrics: dict[str, float]
 
-def parse_line(line: str) -> tuple[int, dict[str, float]] | None:
-    """Return ``(step, metrics)`` for a veRL metric line, or None for any other line.
+    @property
+    def is_validation(self) -> bool:
+        return any(is_validation_key(k) for k in self.metrics)
 
-    Fields whose value does not parse (e.g. cut off by a crash) are dropped, not guessed.
-    """
-    line = _ANSI.sub("", line).rstrip("\r\n")
-    m = _STEP.search(line)
-    if not m:
-        return None
-    step = int(m.group(1))
-    metrics: dict[str, float] = {}
-    rest = line[m.end() :]
-    for part in rest.split(" - ")[1:] if rest else []:
-        key, sep, raw = part.partition(":")
-        if not sep or not key or " " in key:
-            continue
-        value = parse_value(raw)
-        if value is not None:
-            metrics[key] = value
-    return step, metrics
+    @property
+    def is_training(self) -> bool:
+        return any(not is_validation_key(k) for k in self.metrics)
 
 
 @dataclass
 class ParsedLog:
-    """The metric records of one stage log, merged by step, plus what looked wrong."""
+    """The metric lines of one stage log, plus what looked wrong."""
 
-    records: dict[int, dict[str, float]] = field(default_factory=dict)
+    entries: list[Entry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     restarts: int = 0
+    truncated_step: int | None = None
+    """The step of the last line when the file ends mid-line (its last field was dropped)."""
+
+    @property
+    def records(self) -> dict[int, dict[str, float]]:
+        """Metrics merged by step, later lines winning (a resumed stage re-logs its steps)."""
+        out: dict[int, dict[str, float]] = {}
+        for e in self.entries:
+            out.setdefault(e.step, {}).update(e.metrics)
+        return dict(sorted(out.items()))
 
     @property
     def steps(self) -> list[int]:
-        return sorted(self.records)
+        return sorted({e.step for e in self.entries})
 
     def train_steps(self) -> list[int]:
         """Steps that carry training metrics (not only a validation)."""
-        return [s for s in self.steps if any(not _is_val(k) for k in self.records[s])]
+        return sorted({e.step for e in self.entries if e.is_training})
 
     def val_steps(self) -> list[int]:
-        return [s for s in self.steps if any(_is_val(k) for k in self.records[s])]
+        return sorted({e.step for e in self.entries if e.is_validation})
+
+    def validations(self) -> list[Entry]:
+        """Validation entries in file order (only their validation keys)."""
+        out = []
+        for e in self.entries:
+            vals = {k: v for k, v in e.metrics.items() if is_validation_key(k)}
+            if vals:
+                out.append(Entry(e.line, e.step, vals))
+        return out
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        steps = [s for s in self.steps if key in self.records[s]]
-        return steps, [self.records[s][key] for s in steps]
+        records = self.records
+        steps = [s for s in records if key in records[s]]
+        return steps, [records[s][key] for s in steps]
 
 
-def _is_val(key: str) -> bool:
-    return key.startswith(VAL_PREFIXES)
+def _check_accuracies(entry: Entry, name: str, warnings: list[str]) -> Entry:
+    """Drop validation accuracies outside [0, 1] (a damaged or foreign line), naming the line."""
+    bad = [
+        k
+        for k, v in entry.metrics.items()
+        if (m := VAL_KEY.match(k)) and m.group(3) == "acc" and not 0.0 <= v <= 1.0
+    ]
+    for key in bad:
+        warnings.append(
+            f"{name} line {entry.line}: {key}={entry.metrics[key]} is not an accuracy; ignored"
+        )
+    if not bad:
+        return entry
+    return Entry(entry.line, entry.step, {k: v for k, v in entry.metrics.items() if k not in bad})
 
 
 def parse_log_text(text: str, name: str = "log") -> ParsedLog:
-    """Parse a whole log; a repeated step (a resumed stage re-logging it) overrides the earlier."""
+    """Parse a whole log (see the module docstring)."""
     out = ParsedLog()
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
@@ -99,7 +103,7 @@ def parse_log_text(text: str, name: str = "log") -> ParsedLog:
         if cut and not line.rstrip().endswith(")") and " - " in line:
             # No final newline: the last field may be cut mid-number, so it is not trusted.
             line = line.rsplit(" - ", 1)[0]
-        parsed = parse_line(line)
+        parsed = parse_metric_line(line)
         if parsed is None:
             continue
         step, metrics = parsed
@@ -107,10 +111,11 @@ def parse_log_text(text: str, name: str = "log") -> ParsedLog:
             out.warnings.append(
                 f"{name}: last line is truncated (step {step}); kept its complete fields"
             )
+            out.truncated_step = step
         if step < last_step:
             out.restarts += 1
         last_step = step
-        out.records.setdefault(step, {}).update(metrics)
+        out.entries.append(_check_accuracies(Entry(i + 1, step, metrics), name, out.warnings))
     if out.restarts:
         out.warnings.append(
             f"{name}: step counter went back {out.restarts}x (resumed); later lines win"
@@ -121,33 +126,3 @@ def parse_log_text(text: str, name: str = "log") -> ParsedLog:
 def parse_log(path: Path) -> ParsedLog:
     """Parse a log file; undecodable bytes (binary noise) are replaced, never fatal."""
     return parse_log_text(path.read_text(encoding="utf-8", errors="replace"), name=path.name)
-
-
-_VAL_KEY = re.compile(r"val-(core|aux)/(.+)/(acc|reward)/mean@(\d+)$")
-
-
-def group_accuracy(metrics: dict[str, float], data_source: str) -> tuple[float, str] | None:
-    """Accuracy of one data source from a validation record, with the key it came from.
-
-    Preference: ``acc`` (fraction fully correct) over ``reward`` (mean reward, includes format
-    credit), ``val-core`` over ``val-aux``, and the smallest N of ``mean@N``.
-    """
-    best: tuple[tuple[int, int, int], float, str] | None = None
-    for key, value in metrics.items():
-        m = _VAL_KEY.match(key)
-        if not m or m.group(2) != data_source or math.isnan(value):
-            continue
-        rank = (m.group(3) != "acc", m.group(1) != "core", int(m.group(4)))
-        if best is None or rank < best[0]:
-            best = (rank, value, key)
-    return None if best is None else (best[1], best[2])
-
-
-def data_sources(metrics: dict[str, float]) -> list[str]:
-    """The data sources named by validation keys, in order of appearance."""
-    seen: dict[str, None] = {}
-    for key in metrics:
-        m = _VAL_KEY.match(key)
-        if m:
-            seen.setdefault(m.group(2), None)
-    return list(seen)

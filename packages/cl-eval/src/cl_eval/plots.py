@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from cl_eval.atomic import atomic_write
+from countdown_data.atomic import write_atomic
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StageSeries:
 PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "Success: batch reward (lines), validation accuracy (dots)",
-        ("score", "train_acc"),
+        ("score",),
         "reward / accuracy",
     ),
     ("Policy / value loss", ("pg_loss", "vf_loss"), "loss"),
@@ -49,7 +49,7 @@ def _save(fig: plt.Figure, out: Path) -> Path:
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-    atomic_write(out, buf.getvalue())
+    write_atomic(out, buf.getvalue())
     return out
 
 

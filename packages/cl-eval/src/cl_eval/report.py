@@ -1,4 +1,5 @@
-"""Turn a run directory into metrics JSON, plots and report.md (optionally report.html)."""
+"""The writers of ``cl-eval report``: metrics JSON, plots and report.md (optionally report.html),
+all rendered from one :class:`cl_eval.analysis.Analysis`."""
 
 from __future__ import annotations
 
@@ -7,44 +8,17 @@ import datetime as dt
 import html
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cl_eval.atomic import atomic_write
-from cl_eval.logs import ParsedLog, group_accuracy, parse_log
-from cl_eval.matrix import (
-    DEFINITIONS,
-    Curriculum,
-    compute_metrics,
-    forgetting_matrix,
-    per_round_metrics,
-)
-from cl_eval.run import Run, RunError, Stage, load_run
-from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
+from cl_eval.analysis import Analysis, StageResult, analyse
+from cl_eval.matrix import DEFINITIONS
+from cl_eval.run import Run
+from countdown_data.atomic import write_atomic
 
 SCHEMA_VERSION = 1
-
-TRAIN_KEYS: dict[str, tuple[str, ...]] = {
-    "score": ("critic/score/mean",),
-    "reward": ("critic/rewards/mean",),
-    "train_acc": ("critic/acc/mean", "reward/acc/mean", "train/acc/mean", "train/acc"),
-    "pg_loss": ("actor/pg_loss",),
-    "vf_loss": ("critic/vf_loss",),
-    "grad_norm": ("actor/grad_norm",),
-    "critic_grad_norm": ("critic/grad_norm",),
-    "response_length": ("response_length/mean",),
-    "clip_ratio": ("response_length/clip_ratio",),
-    "entropy": ("actor/entropy",),
-    "kl_loss": ("actor/kl_loss",),
-    "ppo_kl": ("actor/ppo_kl",),
-    "kl_penalty": ("actor/reward_kl_penalty",),
-    "pg_clipfrac": ("actor/pg_clipfrac",),
-    "step_time": ("timing_s/step", "perf/time_per_step"),
-}
-"""Short name -> veRL keys (first present wins). ppo_kl is the k1 estimate of KL(π_old‖π) per
-update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref)."""
 
 
 def _clean(obj: object) -> object:
@@ -63,143 +37,7 @@ def _clean(obj: object) -> object:
 
 
 def write_json(path: Path, obj: object) -> None:
-    atomic_write(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
-
-
-@dataclass
-class StageResult:
-    stage: Stage
-    log: ParsedLog | None
-    before: dict | None = None
-    after: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    train: dict[str, dict] = field(default_factory=dict)
-    weights_stage: dict | None = None
-    weights_cumulative: dict | None = None
-    matrix_stage: WeightDiff | None = None
-    matrix_cumulative: WeightDiff | None = None
-
-
-def _validation(rec: dict[str, float], step: int, groups: list[str]) -> dict:
-    acc, keys = {}, {}
-    for g in groups:
-        got = group_accuracy(rec, f"countdown_{g}")
-        if got is not None:
-            acc[g], keys[g] = got
-    return {"step": step, "accuracy": acc, "keys": keys}
-
-
-def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> StageResult:
-    """Validation before/after and per-step training series of one stage log."""
-    if stage.log is None:
-        return StageResult(stage, None)
-    log = parse_log(stage.log)
-    warnings.extend(f"stage {stage.name}: {w}" for w in log.warnings)
-    res = StageResult(stage, log)
-    vals = [_validation(log.records[s], s, groups) for s in log.val_steps()]
-    vals = [v for v in vals if v["accuracy"]]
-    res.history = vals
-    train_steps = log.train_steps()
-    if not log.records:
-        warnings.append(f"stage {stage.name}: log has no metric lines")
-    if vals:
-        res.before = vals[0]
-        if vals[0]["step"] != 0:
-            warnings.append(
-                f"stage {stage.name}: first validation is at step {vals[0]['step']}, not 0 "
-                "(val_before_train off or resumed); used as the before-stage accuracy"
-            )
-        last_train = train_steps[-1] if train_steps else 0
-        if len(vals) > 1 or (vals[-1]["step"] > 0 and vals[-1]["step"] >= last_train):
-            res.after = vals[-1]
-            if vals[-1]["step"] < last_train:
-                warnings.append(
-                    f"stage {stage.name}: last validation at step {vals[-1]['step']} but training "
-                    f"reached step {last_train} (stage unfinished?)"
-                )
-        else:
-            warnings.append(f"stage {stage.name}: no validation after training")
-    elif stage.log is not None:
-        warnings.append(f"stage {stage.name}: no per-group validation metrics in the log")
-    for short, keys in TRAIN_KEYS.items():
-        for key in keys:
-            steps, values = log.series(key)
-            steps_v = [(s, v) for s, v in zip(steps, values, strict=True) if s in set(train_steps)]
-            if steps_v:
-                xs, ys = [s for s, _ in steps_v], [v for _, v in steps_v]
-                finite = [v for v in ys if math.isfinite(v)]
-                res.train[short] = {
-                    "key": key,
-                    "steps": xs,
-                    "values": ys,
-                    "first": ys[0],
-                    "last": ys[-1],
-                    "mean": float(np.mean(finite)) if finite else None,
-                    "min": min(finite) if finite else None,
-                    "max": max(finite) if finite else None,
-                }
-                break
-    return res
-
-
-def build_matrix(
-    run: Run, results: list[StageResult], warnings: list[str]
-) -> tuple[np.ndarray, list[list[str | None]], list[str]]:
-    """R (T+1 × groups), the key behind each cell and where each row came from."""
-    T, G = len(results), len(run.groups)
-    R = np.full((T + 1, G), np.nan)
-    keys: list[list[str | None]] = [[None] * G for _ in range(T + 1)]
-    origin = ["missing"] * (T + 1)
-
-    def fill(row: int, val: dict | None, label: str) -> bool:
-        if not val:
-            return False
-        for j, g in enumerate(run.groups):
-            if g in val["accuracy"]:
-                R[row, j] = val["accuracy"][g]
-                keys[row][j] = val["keys"][g]
-        origin[row] = label
-        return True
-
-    if results and not fill(0, results[0].before, f"{results[0].stage.name} step 0"):
-        warnings.append("row 0 (base model): first stage has no before-training validation")
-    for k, res in enumerate(results, start=1):
-        name = res.stage.name
-        if fill(k, res.after, f"{name} step {res.after['step'] if res.after else '?'}"):
-            continue
-        nxt = results[k].before if k < T else None
-        if fill(k, nxt, f"{results[k].stage.name} step 0" if k < T else ""):
-            warnings.append(f"row {name}: taken from {results[k].stage.name}'s before-validation")
-        elif res.stage.status not in ("pending",):
-            warnings.append(f"row {name}: no accuracy after this stage")
-    used = sorted({k for row in keys for k in row if k})
-    if any("/reward/" in k for k in used):
-        warnings.append("some accuracy cells are mean rewards (no acc key logged), not accuracy")
-    return R, keys, origin
-
-
-def _weights(res: StageResult, run: Run, warnings: list[str], workers: int | None) -> None:
-    st = res.stage
-    if st.final_model is None:
-        return
-    for attr, start in (("stage", st.initial_model), ("cumulative", run.base_checkpoint)):
-        if start is None:
-            warnings.append(
-                f"stage {st.name}: no {'initial' if attr == 'stage' else 'base'} "
-                "checkpoint, weight change skipped"
-            )
-            continue
-        same = attr == "cumulative" and st.initial_model is not None
-        if same and start.resolve() == st.initial_model.resolve() and res.matrix_stage:
-            d = res.matrix_stage
-        else:
-            try:
-                d = diff_checkpoints(start, st.final_model, workers=workers)
-            except CheckpointError as exc:
-                warnings.append(f"stage {st.name}: weight change skipped ({exc})")
-                continue
-        setattr(res, f"matrix_{attr}", d)
-        setattr(res, f"weights_{attr}", d.to_dict(per_tensor=False))
+    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
 
 
 def _fmt(v: object, nd: int = 3) -> str:
@@ -305,88 +143,89 @@ def build_report(
     workers: int | None = None,
 ) -> ReportResult:
     """Everything ``cl-eval report`` writes, for one run directory."""
-    from cl_eval import plots
+    a = analyse(run_dir, size, weights=weights, workers=workers)
+    entries = [stage_entry(a.run, res) for res in a.results]
+    outputs = write_stage_metrics(a, entries)
+    consolidated = consolidated_metrics(a, entries)
+    cpath = a.run.path / "metrics" / f"consolidated_metrics_{a.run.size}.json"
+    write_json(cpath, consolidated)
+    outputs.append(cpath)
+    figs = write_plots(a)
+    outputs.extend(figs.values())
+    doc = _document(a, figs)
+    md = a.run.path / "report.md"
+    write_atomic(md, doc.markdown())
+    outputs.append(md)
+    if write_html:
+        page = a.run.path / "report.html"
+        write_atomic(page, doc.html(a.run.path, _title(a.run)))
+        outputs.append(page)
+    return ReportResult(a.run, outputs, a.warnings, consolidated)
 
-    run = load_run(run_dir, size)
-    warnings = list(run.warnings)
-    results = [analyse_stage(st, run.groups, warnings) for st in run.stages]
-    if not any(r.log and r.log.records for r in results) and not any(
-        st.final_model for st in run.stages
-    ):
-        raise RunError(
-            f"{run.path}: no stage has metric lines or a final checkpoint; nothing to report"
-        )
-    if weights:
-        for res in results:
-            _weights(res, run, warnings, workers)
-    R, keys, origin = build_matrix(run, results, warnings)
-    cols = [run.groups.index(st.group) for st in run.stages]
-    cur = Curriculum(tuple(run.groups), tuple(cols))
-    measured = [k for k in range(1, R.shape[0]) if np.isfinite(R[k]).any()]
-    t_used = measured[-1] if measured else 0
-    metrics = per_round = None
-    F = np.full(R.shape, np.nan)
-    if t_used:
-        Ru = R[: t_used + 1]
-        metrics = compute_metrics(Ru, cur)
-        per_round = per_round_metrics(Ru, cur, [st.round for st in run.stages])
-        F[: t_used + 1] = forgetting_matrix(Ru, cur)
-        if t_used < len(run.stages):
-            warnings.append(
-                f"metrics use stages 1..{t_used} of {len(run.stages)} (later stages not measured)"
-            )
-    else:
-        warnings.append("no stage has validation accuracy after training: no CL metrics")
-    row_names = ["base"] + [st.name for st in run.stages]
-    size_ = run.size
-    outputs: list[Path] = []
-    stage_entries = []
-    for res in results:
+
+def _title(run: Run) -> str:
+    return f"{run.name} ({run.size})"
+
+
+def stage_entry(run: Run, res: StageResult) -> dict:
+    """One stage's metrics JSON (``metrics/metrics_<round>_<group>_<size>.json``)."""
+    st = res.stage
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "stage": {
+            "index": st.index,
+            "round": st.round,
+            "group": st.group,
+            "name": st.name,
+            "status": st.status,
+            "log": _rel(st.log, run.path),
+            "initial_model": _rel(st.initial_model, run.path),
+            "final_model": _rel(st.final_model, run.path),
+        },
+        "steps": _steps(res),
+        "validation": {"before": res.before, "after": res.after, "history": res.history},
+        "training": res.train,
+        "weight_change": {"stage": res.weights_stage, "cumulative": res.weights_cumulative},
+    }
+
+
+def write_stage_metrics(a: Analysis, entries: list[dict]) -> list[Path]:
+    """The per-stage JSON files of the stages that have a log or a weight diff."""
+    out = []
+    for res, entry in zip(a.results, entries, strict=True):
         st = res.stage
-        entry = {
-            "schema_version": SCHEMA_VERSION,
-            "stage": {
-                "index": st.index,
-                "round": st.round,
-                "group": st.group,
-                "name": st.name,
-                "status": st.status,
-                "log": _rel(st.log, run.path),
-                "initial_model": _rel(st.initial_model, run.path),
-                "final_model": _rel(st.final_model, run.path),
-            },
-            "steps": _steps(res),
-            "validation": {"before": res.before, "after": res.after, "history": res.history},
-            "training": res.train,
-            "weight_change": {"stage": res.weights_stage, "cumulative": res.weights_cumulative},
-        }
-        path = run.path / "metrics" / f"metrics_{st.round}_{st.group}_{size_}.json"
         if res.log is not None or res.weights_stage is not None:
+            path = a.run.path / "metrics" / f"metrics_{st.round}_{st.group}_{a.run.size}.json"
             write_json(path, entry)
-            outputs.append(path)
-        stage_entries.append(entry)
-    consolidated = {
+            out.append(path)
+    return out
+
+
+def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
+    """All numbers of the report in one document (``consolidated_metrics_<size>.json``)."""
+    run = a.run
+    return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "run": {
             "path": str(run.path),
             "name": run.name,
-            "size": size_,
+            "size": run.size,
             "base_model": run.base_model,
             "groups": run.groups,
-            "stages": [e["stage"] for e in stage_entries],
+            "stages": [e["stage"] for e in entries],
         },
         "accuracy_matrix": {
-            "rows": row_names,
+            "rows": a.row_names,
             "columns": run.groups,
-            "values": R,
-            "keys": keys,
-            "row_source": origin,
-            "stages_used": t_used,
+            "values": a.R,
+            "keys": a.keys,
+            "row_source": a.origin,
+            "stages_used": a.stages_used,
         },
-        "metrics": metrics,
-        "per_round": per_round,
-        "forgetting_matrix": F,
+        "metrics": a.metrics,
+        "per_round": a.per_round,
+        "forgetting_matrix": a.F,
         "definitions": DEFINITIONS,
         "stages": [
             {
@@ -405,14 +244,17 @@ def build_report(
                     for kind, w in e["weight_change"].items()
                 },
             }
-            for e in stage_entries
+            for e in entries
         ],
-        "warnings": warnings,
+        "warnings": a.warnings,
     }
-    cpath = run.path / "metrics" / f"consolidated_metrics_{size_}.json"
-    write_json(cpath, consolidated)
-    outputs.append(cpath)
 
+
+def write_plots(a: Analysis) -> dict[str, Path]:
+    """The report's figures under ``plots/``, by name."""
+    from cl_eval import plots  # matplotlib: only when plotting
+
+    run, results, size = a.run, a.results, a.run.size
     plot_dir = run.path / "plots"
     series = [
         plots.StageSeries(
@@ -429,33 +271,33 @@ def build_report(
         )
         for res in results
     ]
-    title = f"{run.name} ({size_})"
+    title = _title(run)
     figs: dict[str, Path] = {}
     figs["training"] = plots.training_metrics(
-        series, plot_dir / f"training_metrics_{size_}.png", f"{title}: training"
+        series, plot_dir / f"training_metrics_{size}.png", f"{title}: training"
     )
     figs["matrix"] = plots.accuracy_matrix(
-        R,
-        row_names,
+        a.R,
+        a.row_names,
         run.groups,
-        plot_dir / f"accuracy_matrix_{size_}.png",
+        plot_dir / f"accuracy_matrix_{size}.png",
         f"{title}: accuracy matrix R[stage][group]",
     )
     per_stage = {}
-    if metrics:
-        pad = [None] * (len(run.stages) - t_used)
+    if a.metrics:
+        pad = [None] * (len(run.stages) - a.stages_used)
         per_stage = {
-            "BWT (GEM)": list(metrics["bwt_per_stage"]) + pad,
-            "forgetting (max-based)": list(metrics["forgetting_max_per_stage"]) + pad,
-            "average accuracy (seen groups)": list(metrics["average_accuracy_per_stage"]) + pad,
+            "BWT (GEM)": list(a.metrics["bwt_per_stage"]) + pad,
+            "forgetting (max-based)": list(a.metrics["forgetting_max_per_stage"]) + pad,
+            "average accuracy (seen groups)": list(a.metrics["average_accuracy_per_stage"]) + pad,
         }
     figs["forgetting"] = plots.forgetting(
-        R,
-        F,
-        row_names,
+        a.R,
+        a.F,
+        a.row_names,
         run.groups,
         per_stage,
-        plot_dir / f"forgetting_{size_}.png",
+        plot_dir / f"forgetting_{size}.png",
         f"{title}: forgetting",
     )
     panels = [
@@ -471,19 +313,10 @@ def build_report(
     if panels:
         figs["weights"] = plots.weight_change(
             panels,
-            plot_dir / f"weight_change_{size_}.png",
+            plot_dir / f"weight_change_{size}.png",
             f"{title}: relative L2 weight change per layer × module (grey = unchanged)",
         )
-    outputs.extend(figs.values())
-    doc = _document(run, results, R, origin, metrics, per_round, figs, warnings, t_used)
-    md = run.path / "report.md"
-    atomic_write(md, doc.markdown())
-    outputs.append(md)
-    if write_html:
-        page = run.path / "report.html"
-        atomic_write(page, doc.html(run.path, title))
-        outputs.append(page)
-    return ReportResult(run, outputs, warnings, consolidated)
+    return figs
 
 
 def _rel(p: Path | None, root: Path) -> str | None:
@@ -500,17 +333,9 @@ def _steps(res: StageResult) -> dict:
     return {"first": ts[0] if ts else None, "last": ts[-1] if ts else None, "count": len(ts)}
 
 
-def _document(
-    run: Run,
-    results: list[StageResult],
-    R: np.ndarray,
-    origin: list[str],
-    metrics: dict | None,
-    per_round: dict | None,
-    figs: dict[str, Path],
-    warnings: list[str],
-    t_used: int,
-) -> Doc:
+def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
+    run, results, R, origin = a.run, a.results, a.R, a.origin
+    metrics, per_round, warnings, t_used = a.metrics, a.per_round, a.warnings, a.stages_used
     d = Doc()
     d.h(1, f"Continual Countdown report: {run.name}")
     done = sum(1 for st in run.stages if st.status == "done")

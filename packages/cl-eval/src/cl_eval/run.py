@@ -7,15 +7,13 @@ still in progress gives a partial report. Only a directory with no stage at all 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-CURRICULUM: tuple[str, ...] = ("plus", "plus_minus", "plus_minus_mul", "plus_minus_mul_div")
-"""The curriculum order (countdown_data.groups.GROUPS), used when run.json does not say."""
-
-_LOG = re.compile(r"ContinualCountdown_R(\d+)_(.+)\.log$")
-_MODEL = re.compile(r"(initial|final)_(\d+)_(.+)$")
+from countdown_data.groups import GROUPS
+from countdown_data.runs import LOG_FILE, MANIFEST, MODEL_DIR, PROJECT, stage_name
+from countdown_data.runs import Stage as Layout
 
 
 class RunError(Exception):
@@ -35,7 +33,7 @@ class Stage:
 
     @property
     def name(self) -> str:
-        return f"R{self.round}_{self.group}"
+        return stage_name(self.round, self.group)
 
 
 @dataclass
@@ -59,16 +57,31 @@ class Run:
         return None
 
 
-def _existing(root: Path, rel: str | None) -> Path | None:
-    if not rel:
-        return None
+def _existing(root: Path, rel: str) -> Path | None:
     p = root / rel
     return p if p.exists() else None
 
 
 def _order_groups(found: list[str]) -> list[str]:
-    known = [g for g in CURRICULUM if g in found]
+    known = [g for g in GROUPS if g in found]
     return known + [g for g in dict.fromkeys(found) if g not in known]
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """What makes a parsed run.json unusable (wrong types anywhere we read), or None."""
+    if not isinstance(m, dict) or not isinstance(m.get("stages"), list):
+        return "no stages list"
+    if not isinstance(m.get("groups", []), list):
+        return "groups is not a list"
+    for i, st in enumerate(m["stages"]):
+        if not isinstance(st, dict):
+            return f"stage #{i} is not an object"
+        if not isinstance(st.get("group"), str) or not isinstance(st.get("round", 1), int):
+            return f"stage #{i} has no group/round"
+        for key in ("log", "initial_model", "final_model", "status", "name"):
+            if st.get(key) is not None and not isinstance(st[key], str):
+                return f"stage #{i} {key} is {type(st[key]).__name__}, not a path or name"
+    return None
 
 
 def load_run(path: Path, size: str | None = None) -> Run:
@@ -78,13 +91,14 @@ def load_run(path: Path, size: str | None = None) -> Run:
         raise RunError(f"run directory {path} does not exist; pass --run DIR of a cl-trainer run")
     warnings: list[str] = []
     manifest = None
-    mpath = path / "run.json"
+    mpath = path / MANIFEST
     if mpath.is_file():
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), list):
-                raise ValueError("no stages list")
-        except (ValueError, UnicodeDecodeError) as exc:
+            problem = _manifest_problem(manifest)
+            if problem:
+                raise ValueError(problem)
+        except (OSError, ValueError) as exc:
             warnings.append(f"run.json unreadable ({exc}); discovering stages from file names")
             manifest = None
     size = size or (manifest or {}).get("size") or path.name
@@ -94,10 +108,12 @@ def load_run(path: Path, size: str | None = None) -> Run:
         run = _from_layout(path, size, warnings)
     if not run.stages:
         raise RunError(
-            f"no stages in {path}: expected run.json or "
-            "logs/ContinualCountdown_R<round>_<group>.log"
+            f"no stages in {path}: expected {MANIFEST} or logs/{PROJECT}_R<round>_<group>.log"
         )
     for st in run.stages:
+        if st.log is not None and not st.log.is_file():
+            warnings.append(f"stage {st.name}: log {st.log} is not a file; ignored")
+            st.log = None
         if st.log is None:
             warnings.append(f"stage {st.name}: no log ({st.status})")
         if st.final_model is None and st.status not in ("pending", "running"):
@@ -108,22 +124,16 @@ def load_run(path: Path, size: str | None = None) -> Run:
 def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
     stages: list[Stage] = []
     for i, raw in enumerate(m["stages"]):
-        if not isinstance(raw, dict) or "group" not in raw:
-            warnings.append(f"run.json stage #{i} has no group; skipped")
-            continue
-        group = str(raw["group"])
-        rnd = int(raw.get("round") or 1)
+        layout = Layout(i, int(raw.get("round") or 1), raw["group"])
         st = Stage(
-            index=int(raw.get("index", i)),
-            round=rnd,
-            group=group,
-            status=str(raw.get("status") or "unknown"),
-            log=_existing(path, raw.get("log") or f"logs/ContinualCountdown_R{rnd}_{group}.log"),
-            initial_model=_existing(
-                path, raw.get("initial_model") or f"metrics/initial_{rnd}_{group}"
-            ),
-            final_model=_existing(path, raw.get("final_model") or f"metrics/final_{rnd}_{group}"),
-            global_steps=raw.get("global_steps"),
+            index=i,
+            round=layout.round,
+            group=layout.group,
+            status=raw.get("status") or "unknown",
+            log=_existing(path, raw.get("log") or layout.log),
+            initial_model=_existing(path, raw.get("initial_model") or layout.initial_model),
+            final_model=_existing(path, raw.get("final_model") or layout.final_model),
+            global_steps=steps if isinstance(steps := raw.get("global_steps"), int) else None,
         )
         stages.append(st)
     groups = [str(g) for g in m.get("groups") or []] or _order_groups([s.group for s in stages])
@@ -133,7 +143,7 @@ def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
     return Run(
         path=path,
         size=size,
-        name=str(m.get("name") or f"ContinualCountdown_{size}"),
+        name=str(m.get("name") or f"{PROJECT}_{size}"),
         groups=groups,
         stages=stages,
         base_model=m.get("base_model"),
@@ -145,14 +155,14 @@ def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
 def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
     found: dict[tuple[int, str], Stage] = {}
     logs = path / "logs"
-    for f in sorted(logs.glob("ContinualCountdown_R*_*.log")) if logs.is_dir() else []:
-        m = _LOG.match(f.name)
+    for f in sorted(logs.glob(f"{PROJECT}_R*_*.log")) if logs.is_dir() else []:
+        m = LOG_FILE.match(f.name)
         if m:
             key = (int(m.group(1)), m.group(2))
             found.setdefault(key, Stage(0, key[0], key[1])).log = f
     metrics = path / "metrics"
     for d in sorted(metrics.iterdir()) if metrics.is_dir() else []:
-        m = _MODEL.match(d.name)
+        m = MODEL_DIR.match(d.name)
         if m and d.is_dir():
             key = (int(m.group(2)), m.group(3))
             st = found.setdefault(key, Stage(0, key[0], key[1]))
@@ -165,7 +175,7 @@ def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
     if stages:
         warnings.append("no run.json; stages discovered from logs/ and metrics/ file names")
         _note_gaps(stages, groups, warnings)
-    return Run(path, size, f"ContinualCountdown_{size}", groups, stages, warnings=warnings)
+    return Run(path, size, f"{PROJECT}_{size}", groups, stages, warnings=warnings)
 
 
 def _note_gaps(stages: list[Stage], groups: list[str], warnings: list[str]) -> None:
@@ -175,4 +185,4 @@ def _note_gaps(stages: list[Stage], groups: list[str], warnings: list[str]) -> N
     for r in range(1, last[0] + 1):
         for gi, g in enumerate(groups):
             if (r, gi) <= last and (r, g) not in have:
-                warnings.append(f"stage R{r}_{g}: missing (no log, no checkpoint)")
+                warnings.append(f"stage {stage_name(r, g)}: missing (no log, no checkpoint)")

@@ -35,6 +35,7 @@ ETA = 1e-3
 """Relative tolerance of the bf16-aware test |Δ| <= η·max(|w0|, |w1|) (Zhu et al. 2025)."""
 
 _FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+_DTYPE_BYTES = {**_FLOAT_DTYPES, "BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8}
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _PROJ = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.")
@@ -91,6 +92,12 @@ def read_header(file: Path) -> dict[str, TensorRef]:
         s, e = meta["data_offsets"]
         if base + e > size:
             raise CheckpointError(f"{file}: tensor {name} runs past the end (truncated file?)")
+        width = _DTYPE_BYTES.get(meta["dtype"])
+        if width is not None and e - s != math.prod(meta["shape"]) * width:
+            raise CheckpointError(
+                f"{file}: corrupt header: tensor {name} is {meta['dtype']} {meta['shape']} but "
+                f"spans {e - s} bytes"
+            )
         out[name] = TensorRef(name, file, meta["dtype"], tuple(meta["shape"]), base + s, base + e)
     return out
 

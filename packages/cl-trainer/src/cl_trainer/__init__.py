@@ -1,1 +1,16 @@
-"""The continual curriculum on veRL."""
+"""The continual curriculum on veRL: settings, presets and the stage plan that the engine runs."""
+
+from cl_trainer.config import TrainerConfig, resolve_config
+from cl_trainer.errors import TrainerError
+from cl_trainer.presets import PRESETS
+from cl_trainer.stages import Stage, StagePlan, stage_plan
+
+__all__ = [
+    "PRESETS",
+    "Stage",
+    "StagePlan",
+    "TrainerConfig",
+    "TrainerError",
+    "resolve_config",
+    "stage_plan",
+]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import click
+import pyarrow.parquet as pq
 
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
-from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.errors import TrainerError, UsageError
+from cl_trainer.presets import APPROX_PARAMS, TINY_MODEL_SENTINEL
+from countdown_data.dataset import split_path
 
 NO_GPU = "no GPU found: veRL needs CUDA GPUs; see `cl-trainer plan` or use `--backend local`"
 
@@ -28,11 +30,17 @@ def check_data(cfg: TrainerConfig) -> None:
     )
     for group in cfg.groups:
         for split in ("train", "test"):
-            path = Path(cfg.data_dir) / group / f"{split}.parquet"
+            path = split_path(Path(cfg.data_dir), group, split)
             if not path.is_file():
-                raise click.UsageError(
-                    f"data missing: {path} not found; run `{hint}` or pass --data-dir"
-                )
+                raise UsageError(f"data missing: {path} not found; run `{hint}` or pass --data-dir")
+            try:
+                pq.read_metadata(path)  # the footer: cheap, and what every reader opens first
+            except Exception as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UsageError(
+                    f"data damaged: {path} is not a readable parquet file ({reason}); run "
+                    f"`uv run countdown-data validate {cfg.data_dir}`, or regenerate it"
+                ) from None
 
 
 def check_model(cfg: TrainerConfig) -> None:
@@ -40,12 +48,12 @@ def check_model(cfg: TrainerConfig) -> None:
         return
     path = Path(cfg.model)
     if not path.exists():
-        raise click.UsageError(
+        raise UsageError(
             f"model not found: {path} does not exist and is not a Hugging Face hub ID "
             "(owner/name); fix --model or BASE_MODEL"
         )
     if not (path / "config.json").is_file():
-        raise click.UsageError(
+        raise UsageError(
             f"model {path} has no config.json: pass a Hugging Face model directory as --model"
         )
 
@@ -56,9 +64,9 @@ def check_gpus(cfg: TrainerConfig, available: int | None = None) -> None:
         return
     found = gpu_count() if available is None else available
     if found == 0:
-        raise click.ClickException(NO_GPU)
+        raise TrainerError(NO_GPU)
     if found < cfg.n_gpus_per_node:
-        raise click.UsageError(
+        raise UsageError(
             f"asked for --n-gpus-per-node {cfg.n_gpus_per_node} but this machine has "
             f"{found} GPU(s); "
             f"pass --n-gpus-per-node {found} (and a tensor-parallel size that divides it)"
@@ -67,9 +75,9 @@ def check_gpus(cfg: TrainerConfig, available: int | None = None) -> None:
 
 def check_parallelism(cfg: TrainerConfig) -> None:
     if cfg.n_gpus_per_node < 1 or cfg.nnodes < 1 or cfg.tp < 1:
-        raise click.UsageError("--n-gpus-per-node, --nnodes and --tp must be at least 1")
+        raise UsageError("--n-gpus-per-node, --nnodes and --tp must be at least 1")
     if cfg.n_gpus % cfg.tp:
-        raise click.UsageError(
+        raise UsageError(
             f"tensor-parallel size {cfg.tp} does not divide the {cfg.n_gpus} GPU(s); "
             f"pass --tp with a divisor of {cfg.n_gpus}"
         )
@@ -84,30 +92,30 @@ def check_batches(cfg: TrainerConfig) -> None:
         cfg.ppo_micro_batch_size_per_gpu,
     )
     if min(batch, mini, micro) < 1:
-        raise click.UsageError("batch sizes must be at least 1")
+        raise UsageError("batch sizes must be at least 1")
     if mini > batch:
-        raise click.UsageError(
+        raise UsageError(
             f"PPO mini-batch {mini} is larger than the train batch {batch}; "
             "lower --ppo-mini-batch-size"
         )
     if batch % mini:
-        raise click.UsageError(
+        raise UsageError(
             f"PPO mini-batch {mini} does not divide the train batch {batch}; "
             f"pick a divisor of {batch}"
         )
     if (batch * n) % dp:
-        raise click.UsageError(
+        raise UsageError(
             f"train batch {batch} x rollout.n {n} is not divisible by the {dp} GPU(s); "
             "change --train-batch-size or the GPU count"
         )
     if (mini * n) % dp:
-        raise click.UsageError(
+        raise UsageError(
             f"PPO mini-batch {mini} x rollout.n {n} does not split evenly over {dp} GPU(s); "
             "change --ppo-mini-batch-size or the GPU count"
         )
     per_gpu = mini * n // dp
     if per_gpu % micro:
-        raise click.UsageError(
+        raise UsageError(
             f"micro-batch {micro}/GPU does not divide the per-GPU mini-batch {per_gpu} "
             f"(= {mini} x {n} / {dp} GPUs); pass --micro-batch-per-gpu with a divisor of {per_gpu}"
         )
@@ -125,9 +133,17 @@ def model_bytes(model: str, fallback_params: int) -> int:
 
 def checkpoint_bytes(cfg: TrainerConfig, model: str) -> int:
     """Estimated disk for one stage's checkpoint (actor, plus critic for PPO)."""
-    params = model_bytes(model, PRESETS[cfg.size].approx_params) // 2
+    params = model_bytes(model, APPROX_PARAMS[cfg.size]) // 2
     roles = 2 if cfg.uses_critic else 1
     return params * CHECKPOINT_BYTES_PER_PARAM * roles
+
+
+def human_bytes(n: float) -> str:
+    """``1.2 GB``, ``340 MB``, ``12 kB`` (decimal units, as disk sizes are sold and shown)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 def check_disk(cfg: TrainerConfig, model: str) -> None:
@@ -135,9 +151,9 @@ def check_disk(cfg: TrainerConfig, model: str) -> None:
     need = checkpoint_bytes(cfg, model)
     free = shutil.disk_usage(cfg.run_dir).free
     if free < need:
-        raise click.ClickException(
-            f"not enough disk for the next checkpoint: about {need / 1e9:.1f} GB needed, "
-            f"{free / 1e9:.1f} GB free under {cfg.run_dir}; free space or pass --out elsewhere"
+        raise TrainerError(
+            f"not enough disk for the next checkpoint: about {human_bytes(need)} needed, "
+            f"{human_bytes(free)} free under {cfg.run_dir}; free space or pass --out elsewhere"
         )
 
 

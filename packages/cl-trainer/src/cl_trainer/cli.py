@@ -2,36 +2,42 @@
 
 ``cl-trainer --size 1.5b`` is ``cl-trainer run --size 1.5b``; ``cl-trainer plan --size 1.5b``
 prints every stage's exact command and the resolved configuration without touching a GPU.
-Arguments after ``--`` are veRL Hydra overrides, appended to every stage's command.
+Arguments after ``--`` are veRL Hydra overrides, appended to every stage's command. The options
+are built from the settings' declarations (``cl_trainer.config``); this is the only module that
+turns a :class:`TrainerError` into a click error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
 
 from cl_trainer.checks import preflight
 from cl_trainer.config import (
+    SETTING_TYPES,
+    SETTINGS,
     TrainerConfig,
-    backend_prefix,
-    base_model_path,
-    format_command,
+    default_of,
+    preset_value,
     resolve_config,
-    stage_overrides,
 )
-from cl_trainer.engine import Engine
+from cl_trainer.console import Console
+from cl_trainer.engine import Engine, Stopped
+from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.manifest import read_manifest
-from cl_trainer.presets import PRESETS
-from cl_trainer.stages import plan_stages
+from cl_trainer.overrides import format_command
+from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.stages import stage_plan
 from cl_trainer.tracking import wandb_env
-from countdown_data.groups import GROUPS, check_group
+from countdown_data.groups import check_group
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 class DefaultRunGroup(click.Group):
@@ -52,102 +58,69 @@ def _groups(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from exc
 
 
-def curriculum_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options shared by ``run`` and ``plan`` (``None`` defaults mean: the preset's value)."""
-    opts = [
-        click.option(
-            "--size", required=True, type=click.Choice(list(PRESETS)), help="Model preset."
-        ),
-        click.option(
-            "--algo", type=click.Choice(["ppo", "grpo"]), help="[default: ppo; grpo for tiny]"
-        ),
-        click.option(
-            "--backend",
-            type=click.Choice(["verl", "local"]),
-            help="[default: verl; local for tiny]",
-        ),
-        click.option("--rounds", type=click.IntRange(min=1), help="Rounds through all groups [3]."),
-        click.option("--epochs", type=click.IntRange(min=1), help="Epochs per stage [15]."),
-        click.option(
-            "--groups",
-            callback=_groups,
-            help=f"Comma-separated groups in curriculum order [{','.join(GROUPS)}].",
-        ),
-        click.option(
-            "--data-dir",
-            default="data/continual",
-            type=click.Path(path_type=Path),
-            help="Output of `countdown-data gen`.",
-        ),
-        click.option("--out", type=click.Path(path_type=Path), help="Run directory [runs/<size>]."),
-        click.option(
-            "--model", help="Base model: HF directory or hub ID [env BASE_MODEL, preset]."
-        ),
-        click.option("--n-gpus-per-node", type=int, help="[preset: 2 for 0.5b, 4 for 1.5b]"),
-        click.option("--nnodes", type=int, help="Nodes in the Ray cluster [1]."),
-        click.option(
-            "--ray-address", help="Join an existing Ray cluster (`ray start`), e.g. HEAD:6379."
-        ),
-        click.option("--tp", type=int, help="Rollout tensor-parallel size [preset]."),
-        click.option("--train-batch-size", type=int, help="Prompts per step [preset]."),
-        click.option("--ppo-mini-batch-size", type=int, help="[preset]"),
-        click.option(
-            "--micro-batch-per-gpu",
-            type=int,
-            help="[largest divisor of the per-GPU mini-batch up to the preset's]",
-        ),
-        click.option("--max-prompt-length", type=int, help="[preset]"),
-        click.option("--max-response-length", type=int, help="[preset]"),
-        click.option("--rollout-n", type=int, help="GRPO samples per prompt [preset]."),
-        click.option(
-            "--save-freq", type=int, help="Checkpoint every N steps (and at the end) [preset]."
-        ),
-        click.option(
-            "--test-freq", type=int, help="Validate every N steps (and at the end) [preset]."
-        ),
-        click.option(
-            "--keep-checkpoints",
-            default=1,
-            type=click.IntRange(min=0),
-            help="Resumable checkpoints kept per finished stage.",
-        ),
-        click.option("--seed", default=0, type=int, help="Data shuffling (and tiny model) seed."),
-        click.option("--no-wandb", is_flag=True, help="Log to the console only."),
-        click.argument("overrides", nargs=-1, type=click.UNPROCESSED),
+def _shown(value: Any) -> str:
+    if value == TINY_MODEL_SENTINEL:
+        return "built locally"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def preset_note(f: dataclasses.Field) -> str:
+    """``[default; preset: value, ...]`` with the presets whose value differs from the default."""
+    default = default_of(f)
+    if default is None:
+        return ""
+    differ = [
+        f"{size}: {_shown(v)}" for size in PRESETS if (v := preset_value(size, f.name)) != default
     ]
-    for opt in reversed(opts):
-        fn = opt(fn)
+    return "[" + "; ".join([_shown(default), *differ]) + "]"
+
+
+def _option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one setting; every default is None, meaning "the preset's value"."""
+    meta = f.metadata
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    help_text = f"{meta['help']} {preset_note(f)}".strip()
+    kind = SETTING_TYPES[f.name]
+    if f.name == "size":
+        return click.option(
+            flag, "size", required=True, type=click.Choice(list(PRESETS)), help=meta["help"]
+        )
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+    if f.name == "groups":
+        return click.option(flag, f.name, callback=_groups, help=help_text)
+    if meta["choices"]:
+        typ: Any = click.Choice(list(meta["choices"]))
+    elif kind is int:
+        typ = click.IntRange(min=meta["minimum"]) if meta["minimum"] is not None else int
+    elif kind is float:
+        typ = float
+    else:
+        typ = str
+    return click.option(flag, f.name, type=typ, default=None, help=help_text)
+
+
+def curriculum_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every setting as an option (shared by ``run`` and ``plan``), then the veRL overrides."""
+    fn = click.argument("overrides", nargs=-1, type=click.UNPROCESSED)(fn)
+    for f in reversed([f for f in SETTINGS if f.metadata["cli"]]):
+        fn = _option(f)(fn)
     return fn
 
 
 def _config(params: dict[str, Any]) -> TrainerConfig:
-    return resolve_config(
-        params["size"],
-        backend=params["backend"],
-        algo=params["algo"],
-        rounds=params["rounds"],
-        epochs=params["epochs"],
-        groups=params["groups"],
-        data_dir=params["data_dir"],
-        out=params["out"],
-        model=params["model"],
-        n_gpus_per_node=params["n_gpus_per_node"],
-        nnodes=params["nnodes"],
-        ray_address=params["ray_address"],
-        tp=params["tp"],
-        train_batch_size=params["train_batch_size"],
-        ppo_mini_batch_size=params["ppo_mini_batch_size"],
-        micro_batch_per_gpu=params["micro_batch_per_gpu"],
-        max_prompt_length=params["max_prompt_length"],
-        max_response_length=params["max_response_length"],
-        rollout_n=params["rollout_n"],
-        save_freq=params["save_freq"],
-        test_freq=params["test_freq"],
-        keep_checkpoints=params["keep_checkpoints"],
-        wandb=not params["no_wandb"],
-        seed=params["seed"],
-        overrides=list(params["overrides"]),
-    )
+    try:
+        return resolve_config(**params)
+    except TrainerError as exc:
+        raise _click_error(exc) from None
+
+
+def _click_error(exc: TrainerError) -> click.ClickException:
+    if isinstance(exc, UsageError):
+        return click.UsageError(str(exc))
+    return click.ClickException(str(exc))
 
 
 @click.group(cls=DefaultRunGroup, context_settings=CONTEXT)
@@ -164,55 +137,44 @@ def main() -> None:
 @click.option(
     "--force", is_flag=True, help="Continue a run whose run.json has another configuration."
 )
-def run(force: bool, **params: Any) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show the backend's whole output.")
+def run(force: bool, verbose: bool, **params: Any) -> None:
     """Train every stage in order, resuming where a previous invocation stopped."""
     cfg = _config(params)
-    preflight(cfg)
-    code = Engine(cfg, force=force).run()
+    console = Console(verbose=verbose)
+    try:
+        preflight(cfg)
+        code = Engine(cfg, console, force=force).run()
+    except TrainerError as exc:
+        raise _click_error(exc) from None
+    except (KeyboardInterrupt, Stopped) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        console.note(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume")
+        sys.exit(128 + signum)
     sys.exit(code)
 
 
 def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
-    """The plan as data: the resolved config and, per stage, its start model and exact command."""
+    """The plan as data: the resolved config and, per stage, its start models and exact command."""
     manifest = read_manifest(cfg.run_dir) or {}
     status = {s["name"]: s["status"] for s in manifest.get("stages", [])}
-    env = wandb_env(cfg)
-    stages = []
-    previous: str | None = None
-    for stage in plan_stages(cfg):
-        actor = previous or base_model_path(cfg)
-        critic = None
-        if cfg.uses_critic:
-            critic = (
-                str(cfg.run_dir / plan_stages(cfg)[stage.index - 1].final_critic)
-                if previous
-                else actor
-            )
-        argv = backend_prefix(cfg) + stage_overrides(
-            cfg,
-            round_=stage.round,
-            group=stage.group,
-            actor_path=actor,
-            critic_path=critic,
-            wandb_env=env,
-        )
-        stages.append(
-            {
-                "index": stage.index,
-                "name": stage.name,
-                "round": stage.round,
-                "group": stage.group,
-                "status": status.get(stage.name, "pending"),
-                "model": actor,
-                "critic": critic,
-                "log": str(cfg.run_dir / stage.log),
-                "final_model": str(cfg.run_dir / stage.final_model),
-                "env": env,
-                "argv": argv,
-                "command": format_command(argv, env),
-            }
-        )
-        previous = str(cfg.run_dir / stage.final_model)
+    stages = [
+        {
+            "index": p.stage.index,
+            "name": p.stage.name,
+            "round": p.stage.round,
+            "group": p.stage.group,
+            "status": status.get(p.stage.name, "pending"),
+            "model": p.actor,
+            "critic": p.critic,
+            "log": str(cfg.run_dir / p.stage.log),
+            "final_model": str(cfg.run_dir / p.stage.final_model),
+            "env": p.env,
+            "argv": p.argv,
+            "command": format_command(p.argv, p.env),
+        }
+        for p in stage_plan(cfg, env=wandb_env(cfg))
+    ]
     return {
         "run_dir": str(cfg.run_dir),
         "name": cfg.run_name,
@@ -226,7 +188,10 @@ def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(as_json: bool, **params: Any) -> None:
     """Print every stage with its exact, copy-pasteable command; needs no GPU."""
-    data = plan_data(_config(params))
+    try:
+        data = plan_data(_config(params))
+    except TrainerError as exc:
+        raise _click_error(exc) from None
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

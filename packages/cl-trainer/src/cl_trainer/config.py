@@ -1,76 +1,157 @@
-"""The resolved trainer configuration and the veRL Hydra overrides built from it.
+"""Every trainer setting, declared once: a field of :class:`TrainerConfig` whose metadata carries
+its help text, command-line flag and the veRL Hydra key(s) it sets.
 
-One function (`stage_overrides`) turns a stage into the override list that both backends receive
-(`python -m verl.trainer.main_ppo ...` or `python -m cl_trainer.local ...`), so `cl-trainer plan`
-prints exactly what `cl-trainer run` executes.
+The CLI's options (``cl_trainer.cli``), the presets' keys (``cl_trainer.presets``), run.json's
+``config`` and the veRL overrides (``cl_trainer.overrides``) are all derived from these fields, so
+a new setting is one new field here. :func:`resolve_config` layers defaults, a preset and the
+user's options, then computes the few derived values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import re
-import shlex
-import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL, Preset
-from countdown_data.groups import GROUPS
+from cl_trainer.errors import TrainerError
+from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
+from countdown_data.dataset import DEFAULT_DATA_DIR
+from countdown_data.groups import GROUPS, check_group
+from countdown_data.runs import PROJECT
 
-BACKEND_MODULES = {"verl": "verl.trainer.main_ppo", "local": "cl_trainer.local"}
-PROJECT_NAME = "ContinualCountdown"
-REWARD_MODULE = "countdown_reward"
-REWARD_FUNCTION = "compute_score_with_acc"
-CHECKPOINT_SAVE_CONTENTS = "[model,optimizer,extra,hf_model]"
-"""``hf_model`` makes veRL export ``global_step_N/<role>/huggingface``: the stage's final model."""
-CHECKPOINT_LOAD_CONTENTS = "[model,optimizer,extra]"
-BACKEND_CMD_ENV = "CL_TRAINER_BACKEND_CMD"
-"""Replaces ``<python> -m <backend module>`` (shell words); the tests' stand-in for veRL uses it."""
 
-NOT_COMPARED = ("out", "keep_checkpoints", "ray_address", "wandb")
-"""Keys that may change between a run and its resume without changing what is trained."""
+def setting(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: int | None = None,
+    verl: tuple[str, ...] = (),
+    compared: bool = True,
+    cli: bool = True,
+) -> Any:
+    """A :class:`TrainerConfig` field with what the CLI and veRL need to know about it.
+
+    ``verl``: Hydra keys the value is passed to unchanged (keys under ``critic.`` only when the
+    algorithm trains a critic). ``compared=False``: may change between a run and its resume
+    without changing what is trained. ``cli=False``: set by presets only. A tuple default
+    stands for a list setting (each config gets its own list).
+    """
+    meta = {
+        "help": help,
+        "flag": flag,
+        "choices": choices,
+        "minimum": minimum,
+        "verl": verl,
+        "compared": compared,
+        "cli": cli,
+    }
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+ACTOR = "actor_rollout_ref.actor"
+ROLLOUT = "actor_rollout_ref.rollout"
 
 
 @dataclass
 class TrainerConfig:
-    """Everything that decides what a curriculum run trains; stored as run.json ``config``."""
+    """Everything that decides what a curriculum run trains; stored as run.json ``config``.
 
-    size: str
-    backend: str
-    algo: str
-    rounds: int
-    epochs: int
-    groups: list[str]
-    data_dir: str
-    out: str
-    model: str
-    n_gpus_per_node: int
-    nnodes: int
-    ray_address: str | None
-    tp: int
-    train_batch_size: int
-    ppo_mini_batch_size: int
-    ppo_micro_batch_size_per_gpu: int
-    max_prompt_length: int
-    max_response_length: int
-    rollout_n: int
-    save_freq: int
-    test_freq: int
-    actor_lr: float
-    critic_lr: float
-    gpu_memory_utilization: float
-    keep_checkpoints: int
-    wandb: bool
-    seed: int = 0
-    preset_overrides: list[str] = field(default_factory=list)
-    overrides: list[str] = field(default_factory=list)
+    Defaults are the original experiments' settings (their 0.5b script); a preset lists only
+    what differs.
+    """
+
+    size: str = setting(None, "Model preset.", choices=tuple(PRESETS))
+    algo: str = setting("ppo", "RL algorithm.", choices=("ppo", "grpo"))
+    backend: str = setting(
+        "verl", "verl (Ray, FSDP, vLLM) or local (one process).", choices=("verl", "local")
+    )
+    rounds: int = setting(3, "Rounds through all groups.", minimum=1)
+    epochs: int = setting(15, "Epochs per stage.", minimum=1, verl=("trainer.total_epochs",))
+    groups: list[str] = setting(GROUPS, "Comma-separated groups in curriculum order.")
+    data_dir: str = setting(str(DEFAULT_DATA_DIR), "Output of `countdown-data gen`.")
+    out: str | None = setting(None, "Run directory [runs/<size>].", compared=False)
+    model: str = setting(
+        "Qwen/Qwen2.5-0.5B", "Base model: HF directory or hub ID (env BASE_MODEL wins)."
+    )
+    n_gpus_per_node: int = setting(
+        1, "GPUs per node.", minimum=1, verl=("trainer.n_gpus_per_node",)
+    )
+    nnodes: int = setting(1, "Nodes in the Ray cluster.", minimum=1, verl=("trainer.nnodes",))
+    ray_address: str | None = setting(
+        None, "Join an existing Ray cluster (`ray start`), e.g. HEAD:6379.", compared=False
+    )
+    tp: int = setting(
+        1,
+        "Rollout tensor-parallel size.",
+        minimum=1,
+        verl=(f"{ROLLOUT}.tensor_model_parallel_size",),
+    )
+    train_batch_size: int = setting(
+        256, "Prompts per step.", minimum=1, verl=("data.train_batch_size",)
+    )
+    ppo_mini_batch_size: int = setting(
+        16, "Prompts per PPO mini-batch.", minimum=1, verl=(f"{ACTOR}.ppo_mini_batch_size",)
+    )
+    ppo_micro_batch_size_per_gpu: int = setting(
+        8,
+        "Micro-batch per GPU (a preset's value is a cap: the largest divisor of the per-GPU "
+        "mini-batch up to it).",
+        flag="--micro-batch-per-gpu",
+        minimum=1,
+        verl=(
+            f"{ACTOR}.ppo_micro_batch_size_per_gpu",
+            f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+            "critic.ppo_micro_batch_size_per_gpu",
+        ),
+    )
+    max_prompt_length: int = setting(
+        256, "Prompt tokens.", minimum=1, verl=("data.max_prompt_length",)
+    )
+    max_response_length: int = setting(
+        1024, "Response tokens.", minimum=1, verl=("data.max_response_length",)
+    )
+    rollout_n: int = setting(
+        5, "GRPO samples per prompt (PPO: 1).", minimum=1, verl=(f"{ROLLOUT}.n",)
+    )
+    save_freq: int = setting(
+        100, "Checkpoint every N steps (and at the end).", verl=("trainer.save_freq",)
+    )
+    test_freq: int = setting(
+        100, "Validate every N steps (and at the end).", verl=("trainer.test_freq",)
+    )
+    actor_lr: float = setting(1e-6, "Actor learning rate.", verl=(f"{ACTOR}.optim.lr",))
+    critic_lr: float = setting(1e-5, "Critic learning rate (PPO).", verl=("critic.optim.lr",))
+    gpu_memory_utilization: float = setting(
+        0.4,
+        "Fraction of GPU memory the rollout engine takes.",
+        verl=(f"{ROLLOUT}.gpu_memory_utilization",),
+    )
+    critic_init: str = setting(
+        "actor",
+        "PPO critic at each stage's start: a fresh value head on the stage's starting actor "
+        "(actor, as the original experiments) or the previous stage's critic (chain).",
+        choices=("actor", "chain"),
+    )
+    keep_checkpoints: int = setting(
+        1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
+    )
+    seed: int = setting(0, "Data shuffling (and tiny model) seed.", verl=("data.seed",))
+    wandb: bool = setting(True, "Log to W&B (else the console only).", compared=False)
+    preset_overrides: list[str] = setting((), "The preset's own veRL overrides.", cli=False)
+    overrides: list[str] = setting((), "veRL overrides for every stage (after `--`).", cli=False)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out)
+        return Path(str(self.out))
 
     @property
     def n_gpus(self) -> int:
@@ -82,10 +163,28 @@ class TrainerConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{PROJECT_NAME}_{self.size}"
+        return f"{PROJECT}_{self.size}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainerConfig)
+SETTING_TYPES: dict[str, Any] = typing.get_type_hints(TrainerConfig)
+NOT_COMPARED: tuple[str, ...] = tuple(f.name for f in SETTINGS if not f.metadata["compared"])
+"""Keys that may change between a run and its resume without changing what is trained."""
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def preset_value(size: str, name: str) -> Any:
+    """A setting's value under a preset before the user's options: the preset's, else default."""
+    preset = PRESETS[size]
+    if name in preset:
+        return preset[name]
+    return default_of(next(f for f in SETTINGS if f.name == name))
 
 
 def largest_divisor_at_most(n: int, cap: int) -> int:
@@ -96,80 +195,49 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
     return 1
 
 
-def resolve_config(
-    size: str,
-    *,
-    backend: str | None = None,
-    algo: str | None = None,
-    rounds: int | None = None,
-    epochs: int | None = None,
-    groups: list[str] | None = None,
-    data_dir: str | os.PathLike[str] = "data/continual",
-    out: str | os.PathLike[str] | None = None,
-    model: str | None = None,
-    n_gpus_per_node: int | None = None,
-    nnodes: int | None = None,
-    ray_address: str | None = None,
-    tp: int | None = None,
-    train_batch_size: int | None = None,
-    ppo_mini_batch_size: int | None = None,
-    micro_batch_per_gpu: int | None = None,
-    max_prompt_length: int | None = None,
-    max_response_length: int | None = None,
-    rollout_n: int | None = None,
-    save_freq: int | None = None,
-    test_freq: int | None = None,
-    keep_checkpoints: int = 1,
-    wandb: bool = True,
-    seed: int = 0,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> TrainerConfig:
-    """Preset defaults, then options (``None``: the preset's); ``BASE_MODEL`` for the model."""
-    preset: Preset = PRESETS[size]
-    backend = backend or preset.backend
-    algo = algo or preset.algo
-    local = backend == "local"
-    n_gpus_per_node = n_gpus_per_node or (1 if local else preset.n_gpus_per_node)
-    nnodes = nnodes or 1
-    tp = tp or (1 if local else preset.tp)
-    rollout_n = 1 if algo == "ppo" else (rollout_n or preset.rollout_n)
-    mini = ppo_mini_batch_size or preset.ppo_mini_batch_size
-    if micro_batch_per_gpu is None:
-        per_gpu_mini = max(1, mini * rollout_n // (n_gpus_per_node * nnodes))
-        micro_batch_per_gpu = largest_divisor_at_most(per_gpu_mini, preset.micro_batch_per_gpu)
-    model = model or os.environ.get("BASE_MODEL") or preset.model
-    out_path = Path(out) if out is not None else Path("runs") / size
-    return TrainerConfig(
-        size=size,
-        backend=backend,
-        algo=algo,
-        rounds=rounds or preset.rounds,
-        epochs=epochs or preset.epochs,
-        groups=list(groups) if groups else list(GROUPS),
-        data_dir=str(Path(data_dir).expanduser().resolve()),
-        out=str(out_path.expanduser().resolve()),
-        model=_normalise_model(model),
-        n_gpus_per_node=n_gpus_per_node,
-        nnodes=nnodes,
-        ray_address=ray_address,
-        tp=tp,
-        train_batch_size=train_batch_size or preset.train_batch_size,
-        ppo_mini_batch_size=mini,
-        ppo_micro_batch_size_per_gpu=micro_batch_per_gpu,
-        max_prompt_length=max_prompt_length or preset.max_prompt_length,
-        max_response_length=max_response_length or preset.max_response_length,
-        rollout_n=rollout_n,
-        save_freq=save_freq or preset.save_freq,
-        test_freq=test_freq or preset.test_freq,
-        actor_lr=preset.actor_lr,
-        critic_lr=preset.critic_lr,
-        gpu_memory_utilization=preset.gpu_memory_utilization,
-        keep_checkpoints=keep_checkpoints,
-        wandb=wandb,
-        seed=seed,
-        preset_overrides=list(preset.extra),
-        overrides=list(overrides),
-    )
+def resolve_config(size: str, **given: Any) -> TrainerConfig:
+    """Defaults, then the preset's values, then ``given`` (``None`` means not given); then derived.
+
+    Derived: ``out`` (runs/<size>), the model (``BASE_MODEL`` unless ``model`` is given), one GPU
+    and no tensor parallelism on the local backend, one rollout per prompt for PPO, the per-GPU
+    micro-batch from its cap, absolute paths.
+    """
+    if size not in PRESETS:
+        raise TrainerError(f"unknown size {size!r}; choose from {', '.join(PRESETS)}")
+    unknown = set(given) - {f.name for f in SETTINGS}
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in given.items() if v is not None}
+    values = {f.name: preset_value(size, f.name) for f in SETTINGS} | given
+    values["size"] = size
+    if values["backend"] == "local":
+        for name in ("n_gpus_per_node", "tp"):
+            values[name] = given.get(name, 1)
+    if values["algo"] == "ppo":
+        values["rollout_n"] = 1
+    if "ppo_micro_batch_size_per_gpu" not in given:
+        per_gpu_mini = max(
+            1,
+            values["ppo_mini_batch_size"]
+            * values["rollout_n"]
+            // (values["n_gpus_per_node"] * values["nnodes"]),
+        )
+        values["ppo_micro_batch_size_per_gpu"] = largest_divisor_at_most(
+            per_gpu_mini, values["ppo_micro_batch_size_per_gpu"]
+        )
+    if "model" not in given:
+        values["model"] = os.environ.get("BASE_MODEL") or values["model"]
+    try:
+        values["groups"] = [check_group(g) for g in values["groups"]]
+    except ValueError as exc:
+        raise TrainerError(str(exc)) from None
+    out = Path(values["out"]) if values["out"] is not None else Path("runs") / size
+    values["out"] = str(out.expanduser().resolve())
+    values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    values["model"] = _normalise_model(str(values["model"]))
+    values["overrides"] = list(values["overrides"])
+    values["preset_overrides"] = list(values["preset_overrides"])
+    return TrainerConfig(**values)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -188,140 +256,10 @@ def _normalise_model(model: str) -> str:
 
 
 def tiny_model_dir(cfg: TrainerConfig) -> Path:
-    """Where the tiny preset's base model is built (``cl_trainer.tiny.ensure_tiny_model``)."""
+    """Where the tiny preset's base model is built (``cl_trainer.local.tiny``)."""
     return cfg.run_dir / "base_model"
 
 
 def base_model_path(cfg: TrainerConfig) -> str:
     """The first stage's model as passed to the backend (the tiny model's dir for ``tiny``)."""
     return str(tiny_model_dir(cfg)) if cfg.model == TINY_MODEL_SENTINEL else cfg.model
-
-
-def reward_module() -> str:
-    """The reward as veRL's ``pkg://`` module reference.
-
-    A ``pkg://`` path makes veRL ``importlib.import_module`` the installed package, so its relative
-    imports work in every Ray worker; loading ``__init__.py`` by file path would break them.
-    """
-    if importlib.util.find_spec(REWARD_MODULE) is None:
-        raise RuntimeError(f"{REWARD_MODULE} is not installed; run `uv sync` in the workspace")
-    return f"pkg://{REWARD_MODULE}"
-
-
-_PLAIN = re.compile(r"^[\w./@:+~-]+$")
-
-
-def hydra_str(value: str) -> str:
-    """Quote a string for a Hydra override value when it has characters Hydra's grammar reserves."""
-    if _PLAIN.match(value):
-        return value
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{escaped}'"
-
-
-def hydra_list(values: list[str]) -> str:
-    return "[" + ",".join(hydra_str(v) for v in values) + "]"
-
-
-def wandb_group(cfg: TrainerConfig) -> str:
-    """One W&B group per curriculum run: its run name plus the run directory's name."""
-    return f"{cfg.run_name}-{cfg.run_dir.name}" if cfg.run_dir.name != cfg.size else cfg.run_name
-
-
-def stage_overrides(
-    cfg: TrainerConfig,
-    *,
-    round_: int,
-    group: str,
-    actor_path: str,
-    critic_path: str | None,
-    wandb_env: dict[str, str] | None = None,
-) -> list[str]:
-    """The Hydra overrides for one stage, ending with the preset's and the user's own."""
-    data = Path(cfg.data_dir)
-    name = f"{round_}_{group}"
-    micro = cfg.ppo_micro_batch_size_per_gpu
-    ov = [
-        f"data.train_files={hydra_str(str(data / group / 'train.parquet'))}",
-        f"data.val_files={hydra_list([str(data / g / 'test.parquet') for g in cfg.groups])}",
-        "data.prompt_key=prompt",
-        f"data.max_prompt_length={cfg.max_prompt_length}",
-        f"data.max_response_length={cfg.max_response_length}",
-        f"data.train_batch_size={cfg.train_batch_size}",
-        f"data.seed={cfg.seed}",
-        f"actor_rollout_ref.model.path={hydra_str(actor_path)}",
-        "actor_rollout_ref.model.use_remove_padding=True",
-        f"actor_rollout_ref.actor.optim.lr={cfg.actor_lr}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={cfg.ppo_mini_batch_size}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
-        f"actor_rollout_ref.actor.checkpoint.save_contents={CHECKPOINT_SAVE_CONTENTS}",
-        f"actor_rollout_ref.actor.checkpoint.load_contents={CHECKPOINT_LOAD_CONTENTS}",
-        "actor_rollout_ref.rollout.name=vllm",
-        f"actor_rollout_ref.rollout.tensor_model_parallel_size={cfg.tp}",
-        f"actor_rollout_ref.rollout.gpu_memory_utilization={cfg.gpu_memory_utilization}",
-        f"actor_rollout_ref.rollout.n={cfg.rollout_n}",
-        f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro}",
-        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro}",
-    ]
-    if cfg.algo == "ppo":
-        # The original experiments' veRL applied the KL penalty in the reward (coef 0.001).
-        ov += [
-            "algorithm.adv_estimator=gae",
-            "algorithm.use_kl_in_reward=True",
-            "algorithm.kl_ctrl.kl_coef=0.001",
-            "actor_rollout_ref.actor.use_kl_loss=False",
-            f"critic.model.path={hydra_str(critic_path or actor_path)}",
-            "critic.model.use_remove_padding=True",
-            f"critic.optim.lr={cfg.critic_lr}",
-            f"critic.ppo_micro_batch_size_per_gpu={micro}",
-            f"critic.checkpoint.save_contents={CHECKPOINT_SAVE_CONTENTS}",
-            f"critic.checkpoint.load_contents={CHECKPOINT_LOAD_CONTENTS}",
-        ]
-    else:
-        ov += [
-            "algorithm.adv_estimator=grpo",
-            "algorithm.use_kl_in_reward=False",
-            "actor_rollout_ref.actor.use_kl_loss=True",
-            "actor_rollout_ref.actor.kl_loss_coef=0.001",
-            "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
-        ]
-    keep = max(1, cfg.keep_checkpoints)
-    ov += [
-        f"reward.custom_reward_function.path={reward_module()}",
-        f"reward.custom_reward_function.name={REWARD_FUNCTION}",
-        "trainer.val_before_train=True",
-        f"trainer.test_freq={cfg.test_freq}",
-        f"trainer.save_freq={cfg.save_freq}",
-        f"trainer.total_epochs={cfg.epochs}",
-        f"trainer.project_name={PROJECT_NAME}",
-        f"trainer.experiment_name={PROJECT_NAME}_R{round_}_{group}",
-        "trainer.logger=[console,wandb]" if cfg.wandb else "trainer.logger=[console]",
-        f"trainer.default_local_dir={hydra_str(str(cfg.run_dir / 'checkpoints' / f'R{name}'))}",
-        "trainer.resume_mode=auto",
-        f"trainer.n_gpus_per_node={cfg.n_gpus_per_node}",
-        f"trainer.nnodes={cfg.nnodes}",
-        f"trainer.max_actor_ckpt_to_keep={keep}",
-        f"trainer.max_critic_ckpt_to_keep={keep}",
-    ]
-    if cfg.ray_address:
-        # A cluster started with `ray start` does not inherit this shell's environment.
-        ov.append(f"+ray_kwargs.ray_init.address={hydra_str(cfg.ray_address)}")
-        for key, value in sorted((wandb_env or {}).items()):
-            ov.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_str(value)}")
-    return ov + cfg.preset_overrides + cfg.overrides
-
-
-def backend_prefix(cfg: TrainerConfig) -> list[str]:
-    """``<python> -m <module>`` for the backend, or the words of ``$CL_TRAINER_BACKEND_CMD``."""
-    custom = os.environ.get(BACKEND_CMD_ENV)
-    if custom:
-        return shlex.split(custom)
-    return [sys.executable, "-m", BACKEND_MODULES[cfg.backend]]
-
-
-def format_command(argv: list[str], env: dict[str, str]) -> str:
-    """A copy-pasteable shell command, one override per line."""
-    head = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
-    words = [shlex.quote(w) for w in argv]
-    first = " ".join([*head, *words[:3]])
-    return " \\\n    ".join([first, *words[3:]])

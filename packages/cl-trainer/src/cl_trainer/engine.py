@@ -3,37 +3,38 @@
 A stage's subprocess (veRL or the local backend) does the training and writes veRL's checkpoint
 layout; the engine chains stages through HF model directories, links each stage's initial and
 final model into ``metrics/`` (hard links: never a second copy of the weights) and prunes the
-resumable checkpoints once a stage is done.
+resumable checkpoints once a stage is done. One engine at a time holds a run directory
+(:class:`RunLock`); SIGINT, SIGTERM and SIGHUP all stop the stage's whole process group and leave
+the stage ``interrupted``, to be resumed by the next invocation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
-import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, Protocol
 
-import click
-
+from cl_trainer import checkpoints
 from cl_trainer.checks import check_disk
-from cl_trainer.config import (
-    TrainerConfig,
-    backend_prefix,
-    looks_like_hub_id,
-    stage_overrides,
-    tiny_model_dir,
-)
+from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
+from cl_trainer.errors import TrainerError
 from cl_trainer.manifest import config_diff, new_manifest, now, read_manifest, write_manifest
 from cl_trainer.presets import TINY_MODEL_SENTINEL
-from cl_trainer.stages import Stage, plan_stages
+from cl_trainer.stages import Stage, StagePlan, stage_plan
 from cl_trainer.tracking import wandb_env
+from countdown_data.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
+from countdown_data.runs import MANIFEST
 
 ERROR_TAIL_LINES = 40
 TOKENIZER_FILES = (
@@ -46,48 +47,118 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
-_STEP_DIR = re.compile(r"^global_step_(\d+)$")
+LOCK_FILE = ".cl-trainer.lock"
+STOP_GRACE_S = {signal.SIGINT: 10.0, signal.SIGTERM: 5.0, signal.SIGHUP: 5.0}
+"""How long a stage's process group gets to exit after the signal we received, before SIGKILL."""
 
-Echo = Callable[[str], None]
+
+class Reporter(Protocol):
+    """What the engine tells its user; ``cl_trainer.console`` draws it."""
+
+    def stage_started(self, plan: StagePlan, total: int, resumed: bool, log: Path) -> None: ...
+
+    def output(self, line: str) -> None: ...
+
+    def stage_finished(self, stage: Stage, record: dict[str, Any]) -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
+class Stopped(BaseException):
+    """A termination signal arrived; raised in the main thread like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP (docker stop, Slurm, systemd, a closed terminal) into
+    :class:`Stopped`, so they take the same path as Ctrl-C."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the whole curriculum.
+
+    ``flock`` on ``.cl-trainer.lock`` in the run directory: released by the kernel when its holder
+    dies, so a stale file never blocks a rerun. The stage process inherits the locked descriptor,
+    so a stage that outlives a killed engine still holds the run.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise TrainerError(
+                f"{self.path.parent} is in use by another cl-trainer ({holder}); wait for it to "
+                "finish or stop it, then rerun"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def link_model_dir(src: Path, dst: Path, *, fallback: str) -> str:
     """Make ``dst`` a directory of hard links to ``src``'s files; returns how it was made.
 
-    Built next to ``dst`` and swapped in with ``os.replace``, so ``dst`` is never half-made.
-    Where hard links are impossible (another filesystem), ``fallback`` decides: ``symlink`` (the
-    source stays, e.g. the base model) or ``copy`` (the source is pruned later, e.g. a checkpoint).
+    Built beside ``dst`` and swapped in, so ``dst`` is never half-made. Where hard links are
+    impossible (another filesystem), ``fallback`` decides: ``symlink`` (the source stays, e.g. the
+    base model) or ``copy`` (the source is pruned later, e.g. a checkpoint).
     """
     src = src.resolve()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp"
-    _remove(tmp)
-    how = "hardlink"
     try:
-        for file in sorted(src.rglob("*")):
-            if file.is_dir():
-                continue
-            target = tmp / file.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(file.resolve(), target)
+        with building_dir(dst) as tmp:
+            for file in sorted(p for p in src.rglob("*") if not p.is_dir()):
+                target = tmp / file.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(file.resolve(), target)
+        return "hardlink"
     except OSError:
-        _remove(tmp)
-        if fallback == "symlink":
-            tmp.symlink_to(src, target_is_directory=True)
-            how = "symlink"
-        else:
-            shutil.copytree(src, tmp, symlinks=False)
-            how = "copy"
-    _remove(dst)
-    os.replace(tmp, dst)
-    return how
+        if fallback == "copy":
+            with building_dir(dst) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+            return "copy"
+    link = dst.parent / f".{dst.name}.link{TEMP_SUFFIX}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(src, target_is_directory=True)
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(link, dst)
+    return "symlink"
 
 
 def ensure_tokenizer(model_dir: Path, source: Path) -> None:
@@ -103,44 +174,6 @@ def ensure_tokenizer(model_dir: Path, source: Path) -> None:
                 shutil.copy2(src, dst)
 
 
-def checkpointed_steps(ckpt_dir: Path) -> list[int]:
-    """Steps with a complete actor HF export, ascending."""
-    steps = []
-    if ckpt_dir.is_dir():
-        for child in ckpt_dir.iterdir():
-            m = _STEP_DIR.match(child.name)
-            if m and (child / "actor" / "huggingface" / "config.json").is_file():
-                steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
-def latest_step(ckpt_dir: Path) -> int | None:
-    """veRL's tracker file when it points at a complete export, else the newest complete one."""
-    steps = checkpointed_steps(ckpt_dir)
-    tracker = ckpt_dir / "latest_checkpointed_iteration.txt"
-    if tracker.is_file():
-        with contextlib.suppress(ValueError):
-            step = int(tracker.read_text().strip())
-            if step in steps:
-                return step
-    return steps[-1] if steps else None
-
-
-def prune_checkpoints(ckpt_dir: Path, keep: int) -> list[int]:
-    """Delete all but the newest ``keep`` global_step dirs (the final model is linked already)."""
-    if not ckpt_dir.is_dir():
-        return []
-    steps = sorted(
-        int(m.group(1)) for c in ckpt_dir.iterdir() if (m := _STEP_DIR.match(c.name)) and c.is_dir()
-    )
-    doomed = steps[: max(0, len(steps) - keep)]
-    for step in doomed:
-        shutil.rmtree(ckpt_dir / f"global_step_{step}")
-    if keep == 0:
-        (ckpt_dir / "latest_checkpointed_iteration.txt").unlink(missing_ok=True)
-    return doomed
-
-
 def tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
     if not path.exists():
         return ""
@@ -148,11 +181,19 @@ def tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
         return "".join(deque(f, maxlen=lines))
 
 
-def run_teed(argv: list[str], env: dict[str, str], log_path: Path, echo: Echo) -> int:
-    """Run ``argv``; every output line goes to ``log_path`` (appended) and to ``echo``.
+def run_teed(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    reporter: Reporter,
+    *,
+    cwd: Path,
+    keep_fds: tuple[int, ...] = (),
+) -> int:
+    """Run ``argv`` in ``cwd``; every output line goes to ``log_path`` (appended) and ``reporter``.
 
-    The child gets its own process group so an interrupt stops it and everything it spawned
-    (Ray, vLLM workers) before the engine records the stage as interrupted.
+    The child gets its own process group so a stop reaches it and everything it spawned (Ray,
+    vLLM workers); on any exception here (Ctrl-C, :class:`Stopped`) the group is stopped first.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -162,28 +203,38 @@ def run_teed(argv: list[str], env: dict[str, str], log_path: Path, echo: Echo) -
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
+            cwd=cwd,
             start_new_session=True,
+            pass_fds=keep_fds,
         )
         try:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
                 log.write(raw)
                 log.flush()
-                echo(raw.decode(errors="replace").rstrip("\n"))
+                reporter.output(raw.decode(errors="replace").rstrip("\n"))
             return proc.wait()
+        except Stopped as stop:
+            stop_group(proc, signal.Signals(stop.signum))
+            raise
         except BaseException:
-            _stop(proc)
+            stop_group(proc, signal.SIGINT)
             raise
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if proc.poll() is not None:
-            return
+def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
+    """Send ``first`` to the child's process group, then SIGKILL after a bounded grace period;
+    returns once the child is gone (its group's stragglers are killed with it)."""
+    for sig, wait in ((first, STOP_GRACE_S.get(first, 5.0)), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
+            if sig != signal.SIGKILL:
+                # The leader exited; its children may not have: they go with the group.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return
 
 
 def hub_snapshot(model: str) -> Path:
@@ -193,7 +244,7 @@ def hub_snapshot(model: str) -> Path:
     try:
         return Path(snapshot_download(model))
     except Exception as exc:
-        raise click.ClickException(
+        raise TrainerError(
             f"cannot fetch {model} from the Hugging Face Hub ({type(exc).__name__}); "
             "pass --model with a local HF model directory"
         ) from exc
@@ -205,31 +256,31 @@ class Engine:
     def __init__(
         self,
         cfg: TrainerConfig,
+        reporter: Reporter,
         *,
         force: bool = False,
         backend_cmd: list[str] | None = None,
-        echo: Echo = click.echo,
     ) -> None:
         self.cfg = cfg
         self.force = force
         self.backend_cmd = backend_cmd
-        self.echo = echo
+        self.reporter = reporter
         self.run_dir = cfg.run_dir
-        self.stages = plan_stages(cfg)
         self.manifest: dict[str, Any] = {}
+        self.lock: RunLock | None = None
 
     # -- manifest -----------------------------------------------------------------------------
 
-    def _open_manifest(self) -> None:
+    def _open_manifest(self, plans: list[StagePlan]) -> None:
         old = read_manifest(self.run_dir)
-        fresh = new_manifest(self.cfg, self.stages, self.cfg.model)
+        fresh = new_manifest(self.cfg, [p.stage for p in plans], self.cfg.model)
         if old is None:
             self.manifest = fresh
         else:
             diff = config_diff(old.get("config", {}), fresh["config"])
             if diff and not self.force:
-                raise click.ClickException(
-                    f"{self.run_dir / 'run.json'} was made with a different configuration ("
+                raise TrainerError(
+                    f"{self.run_dir / MANIFEST} was made with a different configuration ("
                     + "; ".join(diff)
                     + "); rerun with the same options, pass --force to continue anyway, "
                     "or pass a new --out"
@@ -256,127 +307,117 @@ class Engine:
     def base_model_dir(self) -> Path:
         """The first stage's model as a local directory (built or downloaded when needed)."""
         if self.cfg.model == TINY_MODEL_SENTINEL:
-            from cl_trainer.tiny import ensure_tiny_model
+            from cl_trainer.local.tiny import ensure_tiny_model, is_built
 
-            return Path(
-                ensure_tiny_model(tiny_model_dir(self.cfg), Path(self.cfg.data_dir), self.cfg.seed)
-            )
+            out = tiny_model_dir(self.cfg)
+            if not is_built(out):
+                self.reporter.note(f"building the tiny base model (SFT warm start) in {out}")
+            return Path(ensure_tiny_model(out, Path(self.cfg.data_dir), self.cfg.seed))
         if looks_like_hub_id(self.cfg.model):
             return hub_snapshot(self.cfg.model)
         return Path(self.cfg.model)
 
-    def _start_models(self, stage: Stage, base: Path) -> tuple[Path, Path | None]:
-        """(actor start, critic start): the previous stage's final exports, or the base model."""
-        if stage.index == 0:
-            return base, base if self.cfg.uses_critic else None
-        prev = self.stages[stage.index - 1]
-        actor = self.run_dir / prev.final_model
-        if not (actor / "config.json").is_file():
-            raise click.ClickException(
-                f"{actor} is missing although stage {prev.name} is done; rerun with --force "
-                "after deleting run.json's stages from that one on, or use a new --out"
-            )
-        critic = None
-        if self.cfg.uses_critic:
-            critic = self.run_dir / prev.final_critic
-            if not (critic / "config.json").is_file():
-                self.echo(
-                    f"note: no critic export from {prev.name}; the critic restarts from {base}"
+    def _check_start(self, plan: StagePlan) -> None:
+        """The previous stage's exports this stage starts from must be there."""
+        if plan.stage.index == 0:
+            return
+        for path, what in ((plan.actor, "actor"), (plan.critic, "critic")):
+            if path is not None and not checkpoints.has_weights(Path(path)):
+                raise TrainerError(
+                    f"{path} (the {what} this stage starts from) has no weights although the "
+                    "previous stage is done; delete run.json's stages from that one on and rerun "
+                    "with --force, or use a new --out"
+                    + (" (or --critic-init actor)" if what == "critic" else "")
                 )
-                critic = base
-        return actor, critic
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def command(
-        self, stage: Stage, actor: str, critic: str | None
-    ) -> tuple[list[str], dict[str, str]]:
-        env = wandb_env(self.cfg, check_network=True, warn=self.echo)
-        argv = [*(self.backend_cmd or backend_prefix(self.cfg))]
-        argv += stage_overrides(
-            self.cfg,
-            round_=stage.round,
-            group=stage.group,
-            actor_path=actor,
-            critic_path=critic,
-            wandb_env=env,
-        )
-        return argv, env
+    def plans(self, *, check_network: bool = False) -> list[StagePlan]:
+        env = wandb_env(self.cfg, check_network=check_network, warn=self.reporter.note)
+        return stage_plan(self.cfg, env=env, prefix=self.backend_cmd)
 
     def run(self) -> int:
         """Run every stage not yet done; returns the exit code for the CLI."""
-        self._open_manifest()
-        todo = [s for s in self.stages if self._record(s)["status"] != "done"]
-        if not todo:
-            self.echo(f"all {len(self.stages)} stages are done: {self.run_dir / 'run.json'}")
+        with RunLock(self.run_dir) as lock, stop_on_signals():
+            self.lock = lock
+            plans = self.plans(check_network=True)
+            self._remove_stale_temps(plans)
+            self._open_manifest(plans)
+            todo = [p for p in plans if self._record(p.stage)["status"] != "done"]
+            if not todo:
+                self.reporter.note(f"all {len(plans)} stages are done: {self.run_dir / MANIFEST}")
+                return 0
+            base = self.base_model_dir()
+            self.manifest["base_model"] = (
+                str(base) if self.cfg.model == TINY_MODEL_SENTINEL else self.cfg.model
+            )
+            for plan in todo:
+                code = self._run_stage(plan, base, len(plans))
+                if code != 0:
+                    return code
+            self.reporter.note(f"curriculum finished: {self.run_dir / MANIFEST}")
             return 0
-        base = self.base_model_dir()
-        self.manifest["base_model"] = (
-            str(base) if self.cfg.model == TINY_MODEL_SENTINEL else self.cfg.model
-        )
-        for stage in self.stages:
-            rec = self._record(stage)
-            if rec["status"] == "done":
-                self.echo(f"[{stage.name}] done, skipping")
-                continue
-            code = self._run_stage(stage, base)
-            if code != 0:
-                return code
-        self.echo(f"curriculum finished: {self.run_dir / 'run.json'}")
-        return 0
 
-    def _run_stage(self, stage: Stage, base: Path) -> int:
+    def _remove_stale_temps(self, plans: list[StagePlan]) -> None:
+        """What a killed engine or stage process left half-written (only we write here now)."""
+        targets = [self.run_dir / MANIFEST, tiny_model_dir(self.cfg)]
+        for p in plans:
+            ckpt = self.run_dir / p.stage.checkpoint_dir
+            targets += [ckpt / checkpoints.TRACKER, ckpt / "global_step_*"]
+        remove_stale_temps(targets)
+
+    def _run_stage(self, plan: StagePlan, base: Path, total: int) -> int:
+        stage = plan.stage
         rec = self._record(stage)
-        actor, critic = self._start_models(stage, base)
-        check_disk(self.cfg, str(actor))
-        link_model_dir(actor, self.run_dir / stage.initial_model, fallback="symlink")
-        # A hub ID goes to the backend as given (its HF cache copy is the same files).
-        hub = stage.index == 0 and looks_like_hub_id(self.cfg.model)
-        actor_arg = self.cfg.model if hub else str(actor)
-        critic_arg = None if critic is None else (self.cfg.model if hub else str(critic))
-        argv, env = self.command(stage, actor_arg, critic_arg)
-        resumed = rec["status"] in ("running", "failed")
-        rec.update(status="running", exit_code=None, error_tail=None, finished_at=None)
+        self._check_start(plan)
+        start = base if stage.index == 0 else Path(plan.actor)
+        check_disk(self.cfg, str(start))
+        link_model_dir(start, self.run_dir / stage.initial_model, fallback="symlink")
+        ckpt = self.run_dir / stage.checkpoint_dir
+        resumed = rec["status"] in ("running", "failed", "interrupted")
+        rec.update(status="running", exit_code=None, signal=None, error_tail=None, finished_at=None)
         rec["started_at"] = rec["started_at"] or now()
         self._save()
         log_path = self.run_dir / stage.log
-        self.echo(
-            f"[{stage.name}] {'resuming' if resumed else 'starting'} stage {stage.index + 1}/"
-            f"{len(self.stages)} from {actor}; log: {log_path}"
-        )
+        self.reporter.stage_started(plan, total, resumed, log_path)
         t0 = time.monotonic()
         try:
-            code = run_teed(argv, env, log_path, self.echo)
-        except KeyboardInterrupt:
+            code = run_teed(
+                plan.argv,
+                plan.env,
+                log_path,
+                self.reporter,
+                cwd=self.run_dir,
+                keep_fds=(self.lock.fd,) if self.lock and self.lock.fd is not None else (),
+            )
+        except (KeyboardInterrupt, Stopped) as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
             self._finish(
-                rec,
+                stage,
                 t0,
-                status="failed",
-                exit_code=130,
+                status="interrupted",
+                exit_code=128 + signum,
+                signal=signal.Signals(signum).name,
                 error_tail=tail(log_path) + "\ninterrupted; rerun the same command to resume\n",
             )
             raise
         if code != 0:
-            self._finish(rec, t0, status="failed", exit_code=code, error_tail=tail(log_path))
-            self.echo(f"[{stage.name}] failed with exit code {code}; see {log_path}")
+            self._finish(stage, t0, status="failed", exit_code=code, error_tail=tail(log_path))
             return code
-        ckpt = self.run_dir / stage.checkpoint_dir
-        step = latest_step(ckpt)
+        step = checkpoints.latest_export(ckpt)
         if step is None:
             self._finish(
-                rec,
+                stage,
                 t0,
                 status="failed",
-                exit_code=code,
+                exit_code=1,
                 error_tail=tail(log_path) + f"\nno global_step_N/actor/huggingface in {ckpt}"
                 " (is trainer.save_freq > 0 and checkpoint.save_contents with hf_model?)\n",
             )
-            self.echo(f"[{stage.name}] finished without a checkpoint in {ckpt}")
             return 1
-        self._link_finals(stage, ckpt / f"global_step_{step}", actor)
-        prune_checkpoints(ckpt, self.cfg.keep_checkpoints)
-        self._finish(rec, t0, status="done", exit_code=0, global_steps=step)
-        self.echo(f"[{stage.name}] done at step {step}: {self.run_dir / stage.final_model}")
+        self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
+        checkpoints.prune(ckpt, self.cfg.keep_checkpoints)
+        self._finish(stage, t0, status="done", exit_code=0, global_steps=step)
         return 0
 
     def _link_finals(self, stage: Stage, step_dir: Path, actor: Path) -> None:
@@ -384,11 +425,13 @@ class Engine:
         link_model_dir(step_dir / "actor" / "huggingface", final, fallback="copy")
         ensure_tokenizer(final, actor)
         critic_hf = step_dir / "critic" / "huggingface"
-        if self.cfg.uses_critic and (critic_hf / "config.json").is_file():
+        if self.cfg.uses_critic and checkpoints.has_weights(critic_hf):
             link_model_dir(critic_hf, self.run_dir / stage.final_critic, fallback="copy")
 
-    def _finish(self, rec: dict[str, Any], t0: float, **fields: Any) -> None:
+    def _finish(self, stage: Stage, t0: float, **fields: Any) -> None:
+        rec = self._record(stage)
         rec.update(fields)
         rec["finished_at"] = now()
         rec["duration_s"] = round((rec.get("duration_s") or 0.0) + time.monotonic() - t0, 3)
         self._save()
+        self.reporter.stage_finished(stage, rec)

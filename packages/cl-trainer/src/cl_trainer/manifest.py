@@ -9,12 +9,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cl_trainer.atomic import write_text_atomic
 from cl_trainer.config import NOT_COMPARED, TrainerConfig
-from cl_trainer.stages import Stage
+from cl_trainer.errors import TrainerError
+from countdown_data.atomic import write_atomic
+from countdown_data.runs import MANIFEST, Stage
 
 SCHEMA_VERSION = 1
-MANIFEST = "run.json"
 
 
 def now() -> str:
@@ -57,6 +57,7 @@ def stage_record(stage: Stage) -> dict[str, Any]:
         "finished_at": None,
         "duration_s": None,
         "exit_code": None,
+        "signal": None,
         "error_tail": None,
         "global_steps": None,
     }
@@ -83,14 +84,24 @@ def new_manifest(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> di
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Atomic: a reader sees the old or the new file, never half of one."""
     manifest["updated_at"] = now()
-    write_text_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_atomic(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """run.json, or None when there is none yet; a damaged one is an error naming the fix."""
     path = run_dir / MANIFEST
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), list):
+            raise ValueError("not a run manifest")
+    except (OSError, ValueError) as exc:
+        raise TrainerError(
+            f"{path} is unreadable ({exc}); move it away to start the run afresh, "
+            "or pass a new --out"
+        ) from None
+    return manifest
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -1,51 +1,64 @@
-"""The curriculum plan: every (round, group) stage in order, and the paths each one owns."""
+"""The curriculum plan: every (round, group) stage in order, the models it starts from, its command.
+
+:func:`stage_plan` is the one place that decides what each stage runs; ``cl-trainer plan`` prints
+it and the engine executes it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cl_trainer.config import PROJECT_NAME, TrainerConfig
+from cl_trainer.config import TrainerConfig, base_model_path
+from cl_trainer.overrides import backend_prefix, stage_overrides
+from countdown_data.runs import Stage
 
-
-@dataclass(frozen=True)
-class Stage:
-    """One stage; all paths are relative to the run directory, as in run.json."""
-
-    index: int
-    round: int
-    group: str
-
-    @property
-    def name(self) -> str:
-        return f"R{self.round}_{self.group}"
-
-    @property
-    def experiment_name(self) -> str:
-        return f"{PROJECT_NAME}_{self.name}"
-
-    @property
-    def log(self) -> str:
-        return f"logs/{self.experiment_name}.log"
-
-    @property
-    def initial_model(self) -> str:
-        return f"metrics/initial_{self.round}_{self.group}"
-
-    @property
-    def final_model(self) -> str:
-        return f"metrics/final_{self.round}_{self.group}"
-
-    @property
-    def final_critic(self) -> str:
-        """The critic's HF export (PPO), kept so the next stage's critic starts from it."""
-        return f"critics/final_{self.round}_{self.group}"
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return f"checkpoints/{self.name}"
+__all__ = ["Stage", "StagePlan", "plan_stages", "stage_plan"]
 
 
 def plan_stages(cfg: TrainerConfig) -> list[Stage]:
     """Round-major order: every group of round 1, then every group of round 2, ..."""
     order = [(r, g) for r in range(1, cfg.rounds + 1) for g in cfg.groups]
     return [Stage(index=i, round=r, group=g) for i, (r, g) in enumerate(order)]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one stage runs: its start models (as passed to the backend) and its command."""
+
+    stage: Stage
+    actor: str
+    critic: str | None
+    argv: list[str]
+    env: dict[str, str]
+
+
+def stage_plan(
+    cfg: TrainerConfig,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+) -> list[StagePlan]:
+    """Every stage with its start models and exact command.
+
+    The first stage starts from the base model; every later one from the previous stage's final
+    export. PPO's critic starts from the stage's starting actor (``critic_init=actor``: a fresh
+    value head, as the original experiments did) or from the previous stage's critic export
+    (``chain``). ``env`` is the stage processes' environment (W&B); ``prefix`` replaces
+    ``<python> -m <backend>``.
+    """
+    env = dict(env or {})
+    head = prefix if prefix is not None else backend_prefix(cfg)
+    plans: list[StagePlan] = []
+    actor = base_model_path(cfg)
+    for stage in plan_stages(cfg):
+        critic = None
+        if cfg.uses_critic:
+            chained = cfg.critic_init == "chain" and plans
+            critic = str(cfg.run_dir / plans[-1].stage.final_critic) if chained else actor
+        argv = [
+            *head,
+            *stage_overrides(cfg, stage, actor_path=actor, critic_path=critic, wandb_env=env),
+        ]
+        plans.append(StagePlan(stage, actor, critic, argv, env))
+        actor = str(cfg.run_dir / stage.final_model)
+    return plans

@@ -7,7 +7,8 @@ import socket
 from collections.abc import Callable
 from urllib.parse import urlparse
 
-from cl_trainer.config import TrainerConfig, wandb_group
+from cl_trainer.config import TrainerConfig
+from cl_trainer.overrides import wandb_group
 
 
 def _reachable(timeout: float = 3.0) -> bool:

@@ -15,29 +15,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from countdown_data.dataset import (
+    DEFAULT_DATA_DIR,
     MANIFEST,
-    StagedWrites,
-    build_table,
+    OutputError,
+    check_writable,
     existing_outputs,
-    make_manifest,
     read_manifest,
-    sha256,
-    split_path,
-    write_json,
-    write_table,
+    up_to_date,
+    write_dataset,
 )
-from countdown_data.generate import (
-    GenConfig,
-    GenerationError,
-    check_config,
-    default_workers,
-    generate_iter,
-)
+from countdown_data.generate import GenConfig, GenerationError, check_config, default_workers
 from countdown_data.groups import GROUPS, OPERATORS
 from countdown_data.templates import TEMPLATES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-DEFAULT_OUT = Path("data/continual")
 QUICK_SIZES = (2_000, 100)
 
 
@@ -45,6 +36,11 @@ class OptionError(click.ClickException):
     """A bad option value: one line, usage exit status."""
 
     exit_code = 2
+
+
+def _flag(field: str) -> str:
+    """The ``gen`` option of a :class:`GenConfig` field (options are named after the fields)."""
+    return "--" + field.replace("_", "-")
 
 
 class RangeType(click.ParamType):
@@ -92,26 +88,11 @@ def _parse_groups(text: str) -> tuple[str, ...]:
     return names
 
 
-def _up_to_date(out: Path, cfg: GenConfig) -> bool:
-    """True when ``out`` already holds exactly this data set, unmodified."""
-    try:
-        manifest = read_manifest(out)
-    except (FileNotFoundError, ValueError):
-        return False
-    if manifest.get("params") != cfg.params():
-        return False
-    for rel, entry in manifest.get("files", {}).items():
-        path = out / rel
-        if not path.is_file() or sha256(path) != entry.get("sha256"):
-            return False
-    return True
-
-
 @main.command(context_settings=CONTEXT)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
-    default=DEFAULT_OUT,
+    default=DEFAULT_DATA_DIR,
     help="Output directory (one sub-directory per group plus manifest.json).",
 )
 @click.option("--train-size", type=int, default=100_000, help="Training puzzles per group.")
@@ -186,18 +167,22 @@ def gen(
     try:
         check_config(cfg)
     except GenerationError as exc:
-        raise OptionError(str(exc)) from None
+        raise OptionError(exc.renamed(_flag)) from None
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a directory")
     existing = existing_outputs(out)
     if existing and not force:
-        if _up_to_date(out, cfg):
+        if up_to_date(out, cfg):
             click.echo(f"{out} already holds this data set (same parameters, checksums match)")
             return
         raise click.ClickException(
             f"{out} already has data ({len(existing)} files); pass --force to overwrite, "
             "or choose another --out"
         )
+    try:
+        check_writable(out)
+    except OutputError as exc:
+        raise click.ClickException(f"{exc}; pass a writable --out directory") from None
     _run_gen(cfg, out, workers or default_workers())
 
 
@@ -205,8 +190,6 @@ def _run_gen(cfg: GenConfig, out: Path, workers: int) -> None:
     console = _console()
     tty = console.is_terminal
     start = time.perf_counter()
-    files: dict[str, dict[str, Any]] = {}
-    counts: dict[str, dict[str, int]] = {g: {} for g in cfg.groups}
     progress = Progress(
         TextColumn("[bold]{task.description:<20}"),
         BarColumn(),
@@ -224,35 +207,14 @@ def _run_gen(cfg: GenConfig, out: Path, workers: int) -> None:
         progress.update(tasks[group], completed=done[group, "train"] + done[group, "test"])
 
     try:
-        with progress, StagedWrites() as staged:
-            for group, split, data in generate_iter(cfg, workers, on_progress):
-                table = build_table(group, split, data, cfg.template)
-                path = split_path(out, group, split)
-                tmp = staged.write(path, lambda p, t=table: write_table(t, p))
-                rel = f"{group}/{split}.parquet"
-                files[rel] = {
-                    "rows": table.num_rows,
-                    "bytes": tmp.stat().st_size,
-                    "sha256": sha256(tmp),
-                }
-                counts[group][split] = table.num_rows
-                if not tty:
-                    f = files[rel]
-                    click.echo(
-                        f"{path}: {f['rows']} rows, {f['bytes'] / 1e6:.1f} MB, "
-                        f"sha256 {f['sha256'][:16]}"
-                    )
-            files = {
-                f"{g}/{s}.parquet": files[f"{g}/{s}.parquet"]
-                for g in cfg.groups
-                for s in ("train", "test")
-            }
-            manifest = make_manifest(cfg.params(), counts, files)
-            staged.write(out / MANIFEST, lambda p: write_json(manifest, p))
-            staged.commit()
+        with progress:
+            manifest = write_dataset(cfg, out, workers, on_progress)
     except GenerationError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(exc.renamed(_flag)) from None
+    except OutputError as exc:
+        raise click.ClickException(f"{exc}; pass a writable --out directory") from None
     elapsed = time.perf_counter() - start
+    files = manifest["files"]
     if tty:
         table = Table(title=f"countdown-data → {out}", title_style="bold")
         for col in ("group", "ops", "train", "test", "MB"):
@@ -262,8 +224,8 @@ def _run_gen(cfg: GenConfig, out: Path, workers: int) -> None:
             table.add_row(
                 f"[cyan]{g}[/]",
                 OPERATORS[g],
-                f"{counts[g]['train']:,}",
-                f"{counts[g]['test']:,}",
+                f"{manifest['counts'][g]['train']:,}",
+                f"{manifest['counts'][g]['test']:,}",
                 f"{mb:.1f}",
             )
         console.print(table)
@@ -271,8 +233,13 @@ def _run_gen(cfg: GenConfig, out: Path, workers: int) -> None:
             f"[green]✓[/] wrote {len(files)} files + {MANIFEST} in {elapsed:.1f}s "
             f"({workers} workers)"
         )
-    else:
-        click.echo(f"{out / MANIFEST}: {len(files)} files in {elapsed:.1f}s")
+        return
+    # Only now, after the rename: a line per file that is really in place.
+    for rel, f in files.items():
+        click.echo(
+            f"{out / rel}: {f['rows']} rows, {f['bytes'] / 1e6:.1f} MB, sha256 {f['sha256'][:16]}"
+        )
+    click.echo(f"{out / MANIFEST}: {len(files)} files in {elapsed:.1f}s")
 
 
 # ----------------------------------------------------------------------------------- solve
@@ -310,7 +277,7 @@ def solve(numbers: tuple[int, ...], target: int, ops: str) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR)
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
@@ -360,7 +327,7 @@ def validate(directory: Path, workers: int | None, max_report: int) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR)
 def stats(directory: Path) -> None:
     """Per-group table: counts, numbers per puzzle, target distribution, solution lengths."""
     from countdown_data.stats import dataset_stats
@@ -398,7 +365,7 @@ def stats(directory: Path) -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.argument("directory", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

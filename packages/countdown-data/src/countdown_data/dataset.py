@@ -1,4 +1,4 @@
-"""Parquet layout, atomic writes and the manifest.
+"""A data set on disk: the parquet layout, the manifest, and :func:`write_dataset` that owns both.
 
 Files are written under temporary names in their final directory and renamed only after every
 file of the run is complete (manifest last), so an interrupted ``gen`` never leaves a truncated
@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -19,10 +16,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from countdown_data.generate import SplitData
+from countdown_data.atomic import StagedWrites, new_temp_file, remove_stale_temps
+from countdown_data.generate import GenConfig, ProgressFn, SplitData, generate_iter
 from countdown_data.groups import GROUPS, data_source
 from countdown_data.templates import render_prompt
 
+DEFAULT_DATA_DIR = Path("data/continual")
+"""Where ``countdown-data gen`` writes and ``cl-trainer`` reads, unless told otherwise."""
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
 ROW_GROUP_SIZE = 16_384
@@ -110,41 +110,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class StagedWrites:
-    """Write files under temporary names now; rename them all into place on :meth:`commit`.
-
-    Leaving the ``with`` block without committing (an error, Ctrl-C) deletes the temporaries,
-    so existing files stay exactly as they were.
-    """
-
-    def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
-
-    def write(self, path: Path, writer: Callable[[Path], None]) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self._staged.append((Path(tmp), path))
-        writer(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        return Path(tmp)
-
-    def commit(self) -> None:
-        for tmp, final in self._staged:
-            os.replace(tmp, final)
-        self._staged.clear()
-
-    def __enter__(self) -> StagedWrites:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for tmp, _ in self._staged:
-            tmp.unlink(missing_ok=True)
-        self._staged.clear()
-
-
 def write_table(table: pa.Table, path: Path) -> None:
     """Deterministic parquet bytes: fixed row groups, compression and no pandas metadata."""
     pq.write_table(
@@ -158,6 +123,78 @@ def write_table(table: pa.Table, path: Path) -> None:
 
 def write_json(obj: Any, path: Path) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class OutputError(OSError):
+    """The output location cannot take the data set (one line, naming the directory)."""
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any generation work when ``out`` cannot be written (read-only, a file, ...)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        new_temp_file(out / MANIFEST).unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out} ({exc.strerror or exc})") from None
+
+
+def output_files(root: Path, groups: tuple[str, ...] | list[str] = GROUPS) -> list[Path]:
+    """Every file a data set of ``groups`` consists of, manifest last."""
+    splits = [split_path(root, g, s) for g in groups for s in ("train", "test")]
+    return [*splits, Path(root) / MANIFEST]
+
+
+def write_dataset(
+    cfg: GenConfig, out: Path, workers: int = 1, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Generate ``cfg``'s splits into ``out`` with checksums and the manifest; all or nothing.
+
+    Every file is staged under a temporary name and renamed into place only when all of them are
+    complete (manifest last); temp files a killed earlier run left behind are removed first.
+    Returns the manifest. ``progress(group, split, done, needed)`` follows generation.
+    """
+    out = Path(out)
+    check_writable(out)
+    remove_stale_temps(output_files(out))
+    files: dict[str, dict[str, Any]] = {}
+    counts: dict[str, dict[str, int]] = {g: {} for g in cfg.groups}
+    with StagedWrites() as staged:
+        for group, split, data in generate_iter(cfg, workers, progress):
+            table = build_table(group, split, data, cfg.template)
+            tmp = staged.write(split_path(out, group, split), lambda p, t=table: write_table(t, p))
+            files[f"{group}/{split}.parquet"] = {
+                "rows": table.num_rows,
+                "bytes": tmp.stat().st_size,
+                "sha256": sha256(tmp),
+            }
+            counts[group][split] = table.num_rows
+        files = {
+            f"{g}/{s}.parquet": files[f"{g}/{s}.parquet"]
+            for g in cfg.groups
+            for s in ("train", "test")
+        }
+        manifest = make_manifest(cfg.params(), counts, files)
+        staged.write(out / MANIFEST, lambda p: write_json(manifest, p))
+        staged.commit()
+    return manifest
+
+
+def up_to_date(out: Path, cfg: GenConfig) -> bool:
+    """True when ``out`` already holds exactly this data set, unmodified."""
+    try:
+        manifest = read_manifest(out)
+    except (FileNotFoundError, ValueError):
+        return False
+    if manifest.get("params") != cfg.params():
+        return False
+    for rel, entry in manifest.get("files", {}).items():
+        path = Path(out) / rel
+        if not path.is_file() or sha256(path) != entry.get("sha256"):
+            return False
+    return True
 
 
 def make_manifest(
@@ -185,15 +222,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 def existing_outputs(root: Path) -> list[Path]:
     """Files a new ``gen`` into ``root`` would replace."""
-    root = Path(root)
-    found = [root / MANIFEST] if (root / MANIFEST).exists() else []
-    for group in GROUPS:
-        found += [
-            split_path(root, group, s)
-            for s in ("train", "test")
-            if split_path(root, group, s).exists()
-        ]
-    return found
+    return [p for p in output_files(root) if p.exists()]
 
 
 def read_split(root: Path, group: str, split: str) -> pa.Table:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,7 +37,21 @@ SPLITS = ("train", "test")
 
 
 class GenerationError(ValueError):
-    """Options that cannot produce the requested data (reported as a one-line error)."""
+    """Options that cannot produce the requested data (reported as a one-line error).
+
+    The message names :class:`GenConfig` fields (``fields``); a front end that calls them
+    something else (the CLI's ``--train-size``) renames them with :meth:`renamed`.
+    """
+
+    def __init__(self, message: str, *fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+    def renamed(self, name: Callable[[str], str]) -> str:
+        text = str(self)
+        for f in self.fields:
+            text = re.sub(rf"(?<![\w-]){re.escape(f)}(?![\w-])", name(f), text)
+        return text
 
 
 @dataclass(frozen=True)
@@ -96,37 +111,50 @@ def puzzle_key(nums: Iterable[int], target: int) -> tuple[int, ...]:
 
 def check_config(cfg: GenConfig) -> None:
     """Reject impossible or malformed options before any work (one-line GenerationError)."""
-    for name, (lo, hi) in (
-        ("numbers-per-puzzle", cfg.numbers_per_puzzle),
-        ("number-range", cfg.number_range),
-        ("target-range", cfg.target_range),
-    ):
+    for name in ("numbers_per_puzzle", "number_range", "target_range"):
+        lo, hi = getattr(cfg, name)
         if lo > hi:
-            raise GenerationError(f"--{name} {lo}-{hi} is empty; give LOW-HIGH with LOW <= HIGH")
+            raise GenerationError(
+                f"{name} {lo}-{hi} is empty; give LOW-HIGH with LOW <= HIGH", name
+            )
     kmin, kmax = cfg.numbers_per_puzzle
     if kmin < 2 or kmax > 5:
-        raise GenerationError("--numbers-per-puzzle must lie within 2-5 (e.g. 3-4)")
+        raise GenerationError(
+            "numbers_per_puzzle must lie within 2-5 (e.g. 3-4)", "numbers_per_puzzle"
+        )
     if cfg.number_range[0] < 1:
-        raise GenerationError("--number-range must start at 1 or more (numbers are positive)")
+        raise GenerationError(
+            "number_range must start at 1 or more (numbers are positive)", "number_range"
+        )
     if cfg.target_range[0] < 1:
-        raise GenerationError("--target-range must start at 1 or more (targets are positive)")
+        raise GenerationError(
+            "target_range must start at 1 or more (targets are positive)", "target_range"
+        )
     if cfg.number_range[1] ** kmax >= 2**62 or cfg.target_range[1] >= 10**7:
-        raise GenerationError("--number-range/--target-range too large for exact int64 search")
+        raise GenerationError(
+            "number_range/target_range too large for exact int64 search",
+            "number_range",
+            "target_range",
+        )
     if not cfg.groups:
-        raise GenerationError("--groups is empty; name at least one of " + ", ".join(GROUPS))
+        raise GenerationError(
+            "groups is empty; name at least one of " + ", ".join(GROUPS), "groups"
+        )
     for g in cfg.groups:
         if g not in OPERATORS:
             raise GenerationError(
-                f"unknown group {g!r} in --groups; choose from {', '.join(GROUPS)}"
+                f"unknown group {g!r} in groups; choose from {', '.join(GROUPS)}", "groups"
             )
     if len(set(cfg.groups)) != len(cfg.groups):
-        raise GenerationError("--groups lists a group twice")
+        raise GenerationError("groups lists a group twice", "groups")
     if cfg.template not in TEMPLATES:
         raise GenerationError(
-            f"unknown template {cfg.template!r}; choose from {', '.join(TEMPLATES)}"
+            f"unknown template {cfg.template!r}; choose from {', '.join(TEMPLATES)}", "template"
         )
     if cfg.train_size < 1 or cfg.test_size < 1:
-        raise GenerationError("--train-size and --test-size must be at least 1")
+        raise GenerationError(
+            "train_size and test_size must be at least 1", "train_size", "test_size"
+        )
     for g in cfg.groups:
         cap = capacity(cfg, g)
         others = 0 if cfg.require_new_op else cfg.test_size * (len(cfg.groups) - 1)
@@ -134,7 +162,11 @@ def check_config(cfg: GenConfig) -> None:
         if cap is not None and need > cap:
             raise GenerationError(
                 f"group {g} has only {cap} unique puzzles in these ranges but {need} are needed; "
-                "lower --train-size/--test-size or widen --number-range/--target-range"
+                "lower train_size/test_size or widen number_range/target_range",
+                "train_size",
+                "test_size",
+                "number_range",
+                "target_range",
             )
 
 
@@ -361,7 +393,9 @@ def generate_iter(
                 if st.consumed >= st.max_chunks():
                     raise GenerationError(
                         f"found only {len(st.data)} of {st.needed} unique {st.group} {st.split} "
-                        "puzzles; lower the sizes or widen --number-range/--target-range"
+                        "puzzles; lower the sizes or widen number_range/target_range",
+                        "number_range",
+                        "target_range",
                     )
                 st.planned = max(st.planned, st.consumed + 1)
                 plan()

@@ -18,6 +18,11 @@ def data_source(group: str) -> str:
     return f"countdown_{group}"
 
 
+def group_of(source: str) -> str:
+    """The group a ``data_source`` names (inverse of :func:`data_source`; others unchanged)."""
+    return source.removeprefix("countdown_")
+
+
 def check_group(group: str) -> str:
     """Return ``group`` unchanged, or raise a one-line error listing the valid names."""
     if group not in OPERATORS:

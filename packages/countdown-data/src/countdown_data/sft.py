@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from countdown_data.dataset import StagedWrites, load_rows, read_manifest
+from countdown_data.atomic import writing
+from countdown_data.dataset import load_rows, read_manifest
 from countdown_data.groups import check_group
 from countdown_data.solver import equation_steps
 from countdown_data.templates import render_prompt
@@ -91,12 +92,6 @@ def sft_examples(
 
 def write_sft_jsonl(examples: list[dict[str, Any]], path: Path) -> None:
     """One JSON object per line, written atomically."""
-
-    def writer(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            for ex in examples:
-                f.write(json.dumps(ex) + "\n")
-
-    with StagedWrites() as staged:
-        staged.write(Path(path), writer)
-        staged.commit()
+    with writing(Path(path)) as tmp, open(tmp, "w") as f:
+        for ex in examples:
+            f.write(json.dumps(ex) + "\n")

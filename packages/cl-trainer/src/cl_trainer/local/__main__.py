@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from cl_trainer.local.config import LocalConfigError, compose
+from cl_trainer.local.loop import run
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from cl_trainer.local.config import LocalConfigError, compose
-    from cl_trainer.local.loop import run
-
     try:
         cfg = compose(sys.argv[1:] if argv is None else argv)
     except (LocalConfigError, HydraException, OmegaConfBaseException) as exc:

@@ -1,17 +1,15 @@
-"""Checkpoints in veRL's layout, so the stage engine and cl-eval treat both backends alike.
+"""Checkpoints in veRL's layout (``cl_trainer.checkpoints``), so the stage engine and cl-eval
+treat both backends alike.
 
-``<default_local_dir>/global_step_N/actor/huggingface/`` holds the HF model + tokenizer,
-``actor/optim.pt`` the optimizer and LR scheduler, ``actor/extra_state.pt`` RNG states and the KL
-controller, ``global_step_N/data.pt`` the sampler position (veRL's dataloader state file), and
-``latest_checkpointed_iteration.txt`` is replaced atomically last, so a crash mid-save leaves the
-previous checkpoint as the latest.
+``global_step_N/actor/huggingface/`` holds the HF model + tokenizer, ``actor/optim.pt`` the
+optimizer and LR scheduler, ``actor/extra_state.pt`` RNG states and the KL controller,
+``global_step_N/data.pt`` the sampler position (veRL's dataloader state file), and the tracker file
+is replaced atomically last, so a crash mid-save leaves the previous checkpoint as the latest.
 """
 
 from __future__ import annotations
 
 import random
-import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_trainer.atomic import building_dir, write_text_atomic
-
-TRACKER = "latest_checkpointed_iteration.txt"
-STEP_DIR = re.compile(r"^global_step_(\d+)$")
+from cl_trainer.checkpoints import STEP_DIR, TRACKER, prune, read_tracker, step_dir
+from countdown_data.atomic import building_dir, write_atomic
 
 
 @dataclass
@@ -34,16 +30,12 @@ class Restored:
     model_dir: Path
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"global_step_{step}"
-
-
 def latest(root: Path) -> Path | None:
     """The checkpoint the tracker file names, or None (veRL's ``find_latest_ckpt_path``)."""
-    tracker = root / TRACKER
-    if not tracker.is_file():
+    step = read_tracker(root)
+    if step is None:
         return None
-    path = step_dir(root, int(tracker.read_text().strip()))
+    path = step_dir(root, step)
     return path if path.is_dir() else None
 
 
@@ -83,17 +75,10 @@ def save(
         torch.save(optim, actor / "optim.pt")
         torch.save({**extra, "rng": rng_state(), "global_step": step}, actor / "extra_state.pt")
         torch.save(data, tmp / "data.pt")
-    write_text_atomic(root / TRACKER, str(step))
+    write_atomic(root / TRACKER, str(step))
     if keep is not None and keep > 0:
-        _prune(root, keep)
+        prune(root, keep)  # veRL's max_actor_ckpt_to_keep
     return final
-
-
-def _prune(root: Path, keep: int) -> None:
-    """Keep the newest ``keep`` step dirs (veRL's ``max_actor_ckpt_to_keep``)."""
-    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
-    for old in steps[:-keep]:
-        shutil.rmtree(step_dir(root, old), ignore_errors=True)
 
 
 def load(path: Path) -> Restored:

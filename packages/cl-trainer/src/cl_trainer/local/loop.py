@@ -21,6 +21,25 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from verl import DataProto
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.metric_utils import (
+    compute_data_metrics,
+    compute_throughout_metrics,
+    compute_timing_metrics,
+)
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+from verl.trainer.ppo.ray_trainer import apply_kl_penalty as verl_apply_kl_penalty
+from verl.trainer.ppo.ray_trainer import compute_advantage as verl_compute_advantage
+from verl.trainer.ppo.reward import get_custom_reward_fn
+from verl.utils.metric import reduce_metrics
+from verl.utils.reward_score import default_compute_score
+from verl.utils.torch_functional import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+)
+from verl.utils.tracking import Tracking
 
 from cl_trainer.local import checkpoint, rollout
 from cl_trainer.local.config import LocalConfigError
@@ -40,9 +59,6 @@ def device() -> torch.device:
 
 def load_reward_fn(cfg: DictConfig) -> Any:
     """The function veRL's reward manager would call: the custom one, else veRL's default."""
-    from verl.trainer.ppo.reward import get_custom_reward_fn
-    from verl.utils.reward_score import default_compute_score
-
     return get_custom_reward_fn(cfg) or default_compute_score
 
 
@@ -76,16 +92,12 @@ def score(
 
 def _proto(batch: dict[str, Any], keys: tuple[str, ...], uids: np.ndarray | None = None) -> Any:
     """The slice of our dict batch that veRL's trainer functions read, as a ``DataProto``."""
-    from verl import DataProto
-
     non_tensors = {"uid": np.asarray(uids, dtype=object)} if uids is not None else None
     return DataProto.from_dict(tensors={k: batch[k] for k in keys}, non_tensors=non_tensors)
 
 
 def compute_advantage(batch: dict[str, Any], uids: np.ndarray, algo: DictConfig) -> None:
     """veRL's own ``ray_trainer.compute_advantage`` (critic-free estimators) on this batch."""
-    from verl.trainer.ppo.ray_trainer import compute_advantage as verl_compute_advantage
-
     data = verl_compute_advantage(
         _proto(batch, ("token_level_rewards", "response_mask"), uids),
         adv_estimator=algo.adv_estimator,
@@ -99,8 +111,6 @@ def compute_advantage(batch: dict[str, Any], uids: np.ndarray, algo: DictConfig)
 
 def apply_kl_penalty(batch: dict[str, Any], kl_ctrl: Any, kl_penalty: str) -> dict[str, float]:
     """veRL's own ``ray_trainer.apply_kl_penalty``: rewards = scores - beta * KL(old || ref)."""
-    from verl.trainer.ppo.ray_trainer import apply_kl_penalty as verl_apply_kl_penalty
-
     keys = ("token_level_scores", "old_log_probs", "ref_log_prob", "response_mask")
     data, metrics = verl_apply_kl_penalty(_proto(batch, keys), kl_ctrl, kl_penalty=kl_penalty)
     batch["token_level_rewards"] = data.batch["token_level_rewards"]
@@ -109,9 +119,6 @@ def apply_kl_penalty(batch: dict[str, Any], kl_ctrl: Any, kl_penalty: str) -> di
 
 class LocalTrainer:
     def __init__(self, cfg: DictConfig) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from verl.trainer.ppo import core_algos
-
         self.cfg = cfg
         self.device = device()
         actor_cfg = cfg.actor_rollout_ref.actor
@@ -170,11 +177,6 @@ class LocalTrainer:
         self.global_steps = 0
 
     def _scheduler(self, optim_cfg: DictConfig) -> Any:
-        from verl.utils.torch_functional import (
-            get_constant_schedule_with_warmup,
-            get_cosine_schedule_with_warmup,
-        )
-
         warmup = int(optim_cfg.get("lr_warmup_steps", -1))
         if warmup <= 0:
             warmup = int(float(optim_cfg.get("lr_warmup_steps_ratio", 0.0)) * self.total_steps)
@@ -212,8 +214,6 @@ class LocalTrainer:
 
     def load_checkpoint(self) -> None:
         """veRL's ``_load_checkpoint``: auto (latest, if any), resume_path, or disable."""
-        from transformers import AutoModelForCausalLM
-
         mode = self.cfg.trainer.resume_mode
         if mode == "disable":
             return
@@ -222,7 +222,8 @@ class LocalTrainer:
         else:
             path = checkpoint.latest(self.ckpt_root)
             if path is None:
-                print("Training from scratch")
+                # veRL says "Training from scratch"; in a curriculum the model is a chained one.
+                print(f"No checkpoint in {self.ckpt_root}: starting from {self.model_path}")
                 return
         print(f"Load from checkpoint folder: {path}")
         state = checkpoint.load(path)
@@ -255,8 +256,6 @@ class LocalTrainer:
 
     def validate(self) -> dict[str, Any]:
         """``RayPPOTrainer._validate``: val_kwargs sampling, metrics per data source."""
-        from verl.trainer.ppo.ray_trainer import RayPPOTrainer
-
         val_kwargs = self.cfg.actor_rollout_ref.rollout.val_kwargs
         n = int(val_kwargs.get("n", 1))
         uids = [str(uuid.uuid4()) for _ in self.val]
@@ -271,8 +270,6 @@ class LocalTrainer:
 
     def _update_actor(self, batch: dict[str, Any]) -> dict[str, list[float]]:
         """Mini-batch PPO epochs with ``core_algos``' policy loss, KL loss and ``agg_loss``."""
-        from verl.trainer.ppo import core_algos
-
         actor = self.cfg.actor_rollout_ref.actor
         n = int(self.cfg.actor_rollout_ref.rollout.n)
         mini = int(actor.ppo_mini_batch_size) * n
@@ -356,14 +353,6 @@ class LocalTrainer:
         return metrics
 
     def step(self) -> dict[str, Any]:
-        from verl import DataProto
-        from verl.trainer.ppo.metric_utils import (
-            compute_data_metrics,
-            compute_throughout_metrics,
-            compute_timing_metrics,
-        )
-        from verl.utils.metric import reduce_metrics
-
         cfg = self.cfg
         rollout_cfg = cfg.actor_rollout_ref.rollout
         n = int(rollout_cfg.n)
@@ -386,10 +375,8 @@ class LocalTrainer:
             with timer("old_log_prob", timing), torch.no_grad():
                 old, entropy = rollout.log_probs(self.model, batch, temperature, True)
                 batch["old_log_probs"] = old.cpu()
-                from verl.trainer.ppo.core_algos import agg_loss
-
                 actor = cfg.actor_rollout_ref.actor
-                metrics["actor/entropy"] = agg_loss(
+                metrics["actor/entropy"] = core_algos.agg_loss(
                     loss_mat=entropy.cpu(),
                     loss_mask=batch["response_mask"],
                     loss_agg_mode=actor.loss_agg_mode,
@@ -430,8 +417,6 @@ class LocalTrainer:
         return metrics
 
     def fit(self) -> None:
-        from verl.utils.tracking import Tracking
-
         cfg = self.cfg
         logger = Tracking(
             project_name=cfg.trainer.project_name,
@@ -441,6 +426,7 @@ class LocalTrainer:
             else cfg.trainer.logger,
             config=OmegaConf.to_container(cfg, resolve=True),
         )
+        print(f"Total training steps: {self.total_steps}")
         self.load_checkpoint()
         if cfg.trainer.get("val_before_train", True):
             val_metrics = self.validate()

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from cl_trainer.atomic import building_dir
+from countdown_data.atomic import building_dir
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -244,8 +244,18 @@ def greedy_accuracy(
     return correct / len(rows)
 
 
-def _complete(model_dir: Path) -> bool:
-    return (model_dir / MARKER).is_file()
+def is_built(model_dir: Path) -> bool:
+    """Built to the end (the marker is written last) and its weights still read back whole."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not (model_dir / MARKER).is_file():
+        return False
+    try:
+        load_file(model_dir / "model.safetensors")
+    except (OSError, RuntimeError, SafetensorError):
+        return False
+    return True
 
 
 def ensure_tiny_model(
@@ -274,7 +284,7 @@ def ensure_tiny_model(
 
     out_dir = Path(out_dir)
     data_dir = Path(data_dir)
-    if _complete(out_dir):
+    if is_built(out_dir):
         return out_dir
     present = [g for g in GROUPS if (data_dir / g / "train.parquet").is_file()]
     if not present:

@@ -1,0 +1,249 @@
+"""The analysis of a run directory that ``cl-eval report`` and ``cl-eval matrix`` share.
+
+Load the run, parse every stage log, build the accuracy matrix and its metrics, and (optionally,
+the slow part) diff the checkpoints; the writers in ``cl_eval.report`` only render the result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cl_eval.logs import Entry, ParsedLog, parse_log
+from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
+from cl_eval.run import Run, RunError, Stage, load_run
+from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
+from countdown_data.groups import data_source
+from countdown_data.runs import group_accuracy
+
+TRAIN_KEYS: dict[str, tuple[str, ...]] = {
+    "score": ("critic/score/mean",),
+    "reward": ("critic/rewards/mean",),
+    "pg_loss": ("actor/pg_loss",),
+    "vf_loss": ("critic/vf_loss",),
+    "grad_norm": ("actor/grad_norm",),
+    "critic_grad_norm": ("critic/grad_norm",),
+    "response_length": ("response_length/mean",),
+    "clip_ratio": ("response_length/clip_ratio",),
+    "entropy": ("actor/entropy",),
+    "kl_loss": ("actor/kl_loss",),
+    "ppo_kl": ("actor/ppo_kl",),
+    "kl_penalty": ("actor/reward_kl_penalty",),
+    "pg_clipfrac": ("actor/pg_clipfrac",),
+    "step_time": ("timing_s/step", "perf/time_per_step"),
+}
+"""Short name -> veRL keys (first present wins). ppo_kl is the k1 estimate of KL(π_old‖π) per
+update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref)."""
+
+
+@dataclass
+class StageResult:
+    stage: Stage
+    log: ParsedLog | None
+    before: dict | None = None
+    after: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    train: dict[str, dict] = field(default_factory=dict)
+    weights_stage: dict | None = None
+    weights_cumulative: dict | None = None
+    matrix_stage: WeightDiff | None = None
+    matrix_cumulative: WeightDiff | None = None
+
+
+def _validation(entry: Entry, groups: list[str]) -> dict:
+    acc, keys = {}, {}
+    for g in groups:
+        got = group_accuracy(entry.metrics, data_source(g))
+        if got is not None:
+            acc[g], keys[g] = got
+    return {"step": entry.step, "line": entry.line, "accuracy": acc, "keys": keys}
+
+
+def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> StageResult:
+    """Validation before/after and per-step training series of one stage log."""
+    if stage.log is None:
+        return StageResult(stage, None)
+    log = parse_log(stage.log)
+    warnings.extend(f"stage {stage.name}: {w}" for w in log.warnings)
+    res = StageResult(stage, log)
+    vals = [_validation(e, groups) for e in log.validations()]
+    vals = [v for v in vals if v["accuracy"]]
+    res.history = vals
+    train_steps = log.train_steps()
+    if not log.entries:
+        warnings.append(f"stage {stage.name}: log has no metric lines")
+    if vals:
+        res.before = vals[0]
+        if vals[0]["step"] != 0:
+            warnings.append(
+                f"stage {stage.name}: first validation is at step {vals[0]['step']}, not 0 "
+                "(val_before_train off or resumed); used as the before-stage accuracy"
+            )
+        last_train = train_steps[-1] if train_steps else 0
+        if len(vals) > 1 or (vals[-1]["step"] > 0 and vals[-1]["step"] >= last_train):
+            res.after = vals[-1]
+            if vals[-1]["step"] < last_train:
+                warnings.append(
+                    f"stage {stage.name}: last validation at step {vals[-1]['step']} but training "
+                    f"reached step {last_train} (stage unfinished?)"
+                )
+        else:
+            warnings.append(f"stage {stage.name}: no validation after training")
+    elif stage.log is not None:
+        warnings.append(f"stage {stage.name}: no per-group validation metrics in the log")
+    for short, keys in TRAIN_KEYS.items():
+        for key in keys:
+            steps, values = log.series(key)
+            steps_v = [(s, v) for s, v in zip(steps, values, strict=True) if s in set(train_steps)]
+            if steps_v:
+                xs, ys = [s for s, _ in steps_v], [v for _, v in steps_v]
+                finite = [v for v in ys if math.isfinite(v)]
+                res.train[short] = {
+                    "key": key,
+                    "steps": xs,
+                    "values": ys,
+                    "first": ys[0],
+                    "last": ys[-1],
+                    "mean": float(np.mean(finite)) if finite else None,
+                    "min": min(finite) if finite else None,
+                    "max": max(finite) if finite else None,
+                }
+                break
+    return res
+
+
+def build_matrix(
+    run: Run, results: list[StageResult], warnings: list[str]
+) -> tuple[np.ndarray, list[list[str | None]], list[str]]:
+    """R (T+1 × groups), the key behind each cell and where each row came from."""
+    T, G = len(results), len(run.groups)
+    R = np.full((T + 1, G), np.nan)
+    keys: list[list[str | None]] = [[None] * G for _ in range(T + 1)]
+    origin = ["missing"] * (T + 1)
+
+    def fill(row: int, val: dict | None, label: str) -> bool:
+        if not val:
+            return False
+        for j, g in enumerate(run.groups):
+            if g in val["accuracy"]:
+                R[row, j] = val["accuracy"][g]
+                keys[row][j] = val["keys"][g]
+        origin[row] = label
+        return True
+
+    if results and not fill(0, results[0].before, f"{results[0].stage.name} step 0"):
+        warnings.append("row 0 (base model): first stage has no before-training validation")
+    for k, res in enumerate(results, start=1):
+        name = res.stage.name
+        if fill(k, res.after, f"{name} step {res.after['step'] if res.after else '?'}"):
+            continue
+        nxt = results[k].before if k < T else None
+        if fill(k, nxt, f"{results[k].stage.name} step 0" if k < T else ""):
+            warnings.append(f"row {name}: taken from {results[k].stage.name}'s before-validation")
+        elif res.stage.status not in ("pending",):
+            warnings.append(f"row {name}: no accuracy after this stage")
+    rows = ["base"] + [r.stage.name for r in results]
+    for i, row in enumerate(keys):
+        for j, key in enumerate(row):
+            if key and "/reward/" in key:
+                warnings.append(
+                    f"cell {rows[i]} × {run.groups[j]} is the mean reward ({key}), not accuracy: "
+                    f"no acc key in {origin[i]}" + _truncation_note(results, origin[i])
+                )
+    return R, keys, origin
+
+
+def _truncation_note(results: list[StageResult], origin: str) -> str:
+    """Why a cell may lack its acc key: the log's last line, where it was read, is cut off."""
+    cut = {
+        f"{res.stage.name} step {res.log.truncated_step}"
+        for res in results
+        if res.log is not None and res.log.truncated_step is not None
+    }
+    return " (the log's last line is truncated)" if origin in cut else ""
+
+
+def _weights(res: StageResult, run: Run, warnings: list[str], workers: int | None) -> None:
+    st = res.stage
+    if st.final_model is None:
+        return
+    for attr, start in (("stage", st.initial_model), ("cumulative", run.base_checkpoint)):
+        if start is None:
+            warnings.append(
+                f"stage {st.name}: no {'initial' if attr == 'stage' else 'base'} "
+                "checkpoint, weight change skipped"
+            )
+            continue
+        same = attr == "cumulative" and st.initial_model is not None
+        if same and start.resolve() == st.initial_model.resolve() and res.matrix_stage:
+            d = res.matrix_stage
+        else:
+            try:
+                d = diff_checkpoints(start, st.final_model, workers=workers)
+            except CheckpointError as exc:
+                warnings.append(f"stage {st.name}: weight change skipped ({exc})")
+                continue
+            warnings.extend(f"stage {st.name} ({attr} weight change): {w}" for w in d.warnings)
+        setattr(res, f"matrix_{attr}", d)
+        setattr(res, f"weights_{attr}", d.to_dict(per_tensor=False))
+
+
+@dataclass
+class Analysis:
+    """Everything known about a run: stage results, the accuracy matrix R (row 0 = before any
+    training, row k = after stage k), its metrics over the measured stages, and warnings."""
+
+    run: Run
+    results: list[StageResult]
+    R: np.ndarray
+    keys: list[list[str | None]]
+    origin: list[str]
+    curriculum: Curriculum
+    stages_used: int
+    metrics: dict | None
+    per_round: dict | None
+    F: np.ndarray
+    warnings: list[str]
+
+    @property
+    def row_names(self) -> list[str]:
+        return ["base"] + [st.name for st in self.run.stages]
+
+
+def analyse(
+    run_dir: Path, size: str | None = None, *, weights: bool = False, workers: int | None = None
+) -> Analysis:
+    """Analyse ``run_dir``; ``weights`` also diffs every stage's checkpoints (streamed)."""
+    run = load_run(run_dir, size)
+    warnings = list(run.warnings)
+    results = [analyse_stage(st, run.groups, warnings) for st in run.stages]
+    if not any(r.log and r.log.entries for r in results) and not any(
+        st.final_model for st in run.stages
+    ):
+        raise RunError(
+            f"{run.path}: no stage has metric lines or a final checkpoint; nothing to report"
+        )
+    if weights:
+        for res in results:
+            _weights(res, run, warnings, workers)
+    R, keys, origin = build_matrix(run, results, warnings)
+    cur = Curriculum(tuple(run.groups), tuple(run.groups.index(st.group) for st in run.stages))
+    measured = [k for k in range(1, R.shape[0]) if np.isfinite(R[k]).any()]
+    t_used = measured[-1] if measured else 0
+    metrics = per_round = None
+    F = np.full(R.shape, np.nan)
+    if t_used:
+        Ru = R[: t_used + 1]
+        metrics = compute_metrics(Ru, cur)
+        per_round = per_round_metrics(Ru, cur, [st.round for st in run.stages])
+        F[: t_used + 1] = forgetting_matrix(Ru, cur)
+        if t_used < len(run.stages):
+            warnings.append(
+                f"metrics use stages 1..{t_used} of {len(run.stages)} (later stages not measured)"
+            )
+    else:
+        warnings.append("no stage has validation accuracy after training: no CL metrics")
+    return Analysis(run, results, R, keys, origin, cur, t_used, metrics, per_round, F, warnings)
