@@ -95,9 +95,10 @@ def test_bare_command_runs_with_the_default_run_command(
         env=env,
     )
     assert res.exit_code == 0, res.output
-    assert "step:0 - val-core/countdown_plus/acc/mean@1" in (
-        tmp_path / "logs" / "ContinualCountdown_R1_plus.log"
-    ).read_text()  # the whole stream goes to the stage log
+    assert (
+        "step:0 - val-core/countdown_plus/acc/mean@1"
+        in (tmp_path / "logs" / "ContinualCountdown_R1_plus.log").read_text()
+    )  # the whole stream goes to the stage log
     assert "validation plus 0.10 → 0.15" in res.output  # the console summarises it
     stage = json.loads((tmp_path / "run.json").read_text())["stages"][0]
     assert stage["status"] == "done"
@@ -182,3 +183,24 @@ def test_disk_check(
     with pytest.raises(TrainerError, match="not enough disk for the next checkpoint"):
         checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B")
     checks.check_disk(resolve_config("tiny", out=tmp_path, model=str(hf_model)), str(hf_model))
+
+
+def test_a_damaged_parquet_is_named_before_any_work(data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    (data / "plus_minus" / "test.parquet").write_bytes(b"PAR1 not really a parquet file")
+    cfg = resolve_config("tiny", data_dir=data, out=tmp_path / "run")
+    with pytest.raises(TrainerError) as err:
+        checks.preflight(cfg)
+    text = str(err.value)
+    assert "plus_minus/test.parquet" in text and "countdown-data validate" in text
+    assert "\n" not in text
+
+
+def test_disk_sizes_read_in_human_units() -> None:
+    assert checks.human_bytes(2_500_000) == "2.5 MB"
+    assert checks.human_bytes(30e9) == "30.0 GB"
+    assert checks.human_bytes(12_345) == "12.3 kB"
+    assert checks.human_bytes(10) == "10 B"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from cl_trainer.checkpoints import latest_export
 from cl_trainer.config import TrainerConfig, resolve_config
-from cl_trainer.engine import Engine, link_model_dir
+from cl_trainer.engine import Engine, RunLock, link_model_dir
 from cl_trainer.errors import TrainerError
 
 from .conftest import Recorder
@@ -272,3 +273,87 @@ def test_link_model_dir_falls_back_when_hard_links_fail(
     assert (tmp_path / "final" / "config.json").read_text() == (
         hf_model / "config.json"
     ).read_text()
+
+
+def test_a_second_engine_on_a_held_run_dir_is_refused_and_a_stale_lock_is_not(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+    with RunLock(run), pytest.raises(TrainerError, match=rf"pid {os.getpid()} on \S+ since"):
+        run_engine(cfg, fake_backend, monkeypatch, calls)
+    assert read_calls(calls) == [] and not (run / "run.json").exists()
+    # The lock file of a dead holder stays behind; it must not block.
+    (run / ".cl-trainer.lock").write_text('{"pid": 999999, "host": "gone", "since": "then"}\n')
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+
+
+def test_run_json_and_the_tracker_follow_the_umask(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Readable by the other users of a shared filesystem, as any open() would make them."""
+    from cl_trainer.local.checkpoint import save
+
+    old = os.umask(0o022)
+    try:
+        run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+        cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+        assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+        assert stat.S_IMODE((run / "run.json").stat().st_mode) == 0o644
+
+        import torch
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=32,
+                hidden_size=8,
+                intermediate_size=8,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+            )
+        )
+        optim = torch.optim.AdamW(model.parameters())
+        root = tmp_path / "ckpt"
+        save(
+            root,
+            1,
+            model,
+            AutoTokenizer.from_pretrained(hf_model),
+            optim={"optimizer": optim.state_dict()},
+            extra={},
+            data={},
+        )
+        tracker = root / "latest_checkpointed_iteration.txt"
+        assert stat.S_IMODE(tracker.stat().st_mode) == 0o644
+        assert stat.S_IMODE((root / "global_step_1").stat().st_mode) == 0o755
+    finally:
+        os.umask(old)
+
+
+def test_stale_temps_of_a_killed_engine_are_removed(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+    ckpt = run / "checkpoints" / "R1_plus"
+    stale = [run / ".run.json.x1.tmp", ckpt / ".global_step_3.ab.tmp" / "actor"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("half")
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    assert not (run / ".run.json.x1.tmp").exists()
+    assert not (ckpt / ".global_step_3.ab.tmp").exists()

@@ -104,3 +104,15 @@ def test_plus_demonstrations_are_noisy_by_design(tmp_path: Path) -> None:
         assert answer in ("+".join(numbers), "+".join(numbers[:-1]))
         short += answer == "+".join(numbers[:-1])
     assert short == len(rows) // tiny.PLUS_EARLY_STOP_EVERY
+
+
+def test_a_damaged_cached_model_is_rebuilt(tmp_path: Path) -> None:
+    data = write_plus_data(tmp_path / "data")
+    out = tmp_path / "model"
+    tiny.ensure_tiny_model(out, data, sft_steps=2, eval_samples=2)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # torn copy
+    assert not tiny.is_built(out)
+    tiny.ensure_tiny_model(out, data, sft_steps=2, eval_samples=2)
+    assert tiny.is_built(out)
+    AutoModelForCausalLM.from_pretrained(out)
