@@ -65,6 +65,7 @@ def test_overrides_compose_and_validate(
     assert conf.trainer.val_before_train is True
     assert conf.trainer.test_freq > 0 and conf.trainer.save_freq > 0
     assert conf.trainer.resume_mode == "auto"
+    assert arr.actor.entropy_coeff == 0.001  # the original fork's ppo_trainer.yaml
     assert list(conf.trainer.logger) == ["console", "wandb"]
     if algo == "ppo":
         assert conf.algorithm.adv_estimator == "gae" and need_critic(conf)

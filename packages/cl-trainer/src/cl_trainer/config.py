@@ -130,6 +130,9 @@ class TrainerConfig:
     )
     actor_lr: float = setting(1e-6, "Actor learning rate.", verl=(f"{ACTOR}.optim.lr",))
     critic_lr: float = setting(1e-5, "Critic learning rate (PPO).", verl=("critic.optim.lr",))
+    entropy_coeff: float = setting(
+        0.001, "Entropy bonus in the actor's loss.", verl=(f"{ACTOR}.entropy_coeff",)
+    )
     gpu_memory_utilization: float = setting(
         0.4,
         "Fraction of GPU memory the rollout engine takes.",
