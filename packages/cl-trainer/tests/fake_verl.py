@@ -1,30 +1,41 @@
 """Stand-in for ``python -m verl.trainer.main_ppo``: writes what veRL 0.9.1 writes, without a GPU.
 
-Reproduces veRL 0.9.1's verl/trainer/ppo/v1/trainer_base.py,
-utils/checkpoint/fsdp_checkpoint_manager.py and utils/logger/aggregate_logger.py:
-- console metric lines ``step:N - key:value - ...`` with ``val-core/<data_source>/acc/mean@1``
-  on the first step line (step 0 when fresh: val_before_train) and on the last step line,
-  interleaved with noise;
+For the engine's fast tests only: it reproduces veRL's outputs, not its start-up (Hydra, Ray,
+model loading); ``tests/test_verl_cpu.py`` runs the real trainer. Reproduced from veRL 0.9.1's
+verl/trainer/ppo/v1/trainer_base.py, utils/checkpoint/checkpoint_manager.py and
+utils/logger/aggregate_logger.py:
+- console metric lines ``(TaskRunner pid=N) step:N - key:value - ...`` with ``pprint`` values
+  (``np.float64(0.5)``), ``val-core/<data_source>/acc/mean@1`` on the first step line (step 0 when
+  fresh and ``trainer.val_before_train``) and on the last step line, interleaved with noise;
 - ``<default_local_dir>/global_step_N/{actor,critic}/huggingface/`` HF exports (config.json,
-  model.safetensors, tokenizer files), FSDP shard files, ``data.pt``, and
-  ``latest_checkpointed_iteration.txt``; checkpoints every ``save_freq`` steps and at the last step;
-  rotation of older actor/critic dirs by ``max_{actor,critic}_ckpt_to_keep``;
+  fp32 model.safetensors, tokenizer files), one FSDP shard set per GPU, ``data.pt``, and
+  ``latest_checkpointed_iteration.txt``; checkpoints every ``save_freq`` steps and at the last
+  step; rotation by ``max_{actor,critic}_ckpt_to_keep`` of the role dirs this process saved
+  (veRL's ``previous_saved_paths``: checkpoints of an earlier attempt are not rotated out);
 - ``resume_mode=auto``: restarts from the latest checkpointed step;
-- steps per epoch = train rows // train_batch_size (its dataloader drops the last partial batch).
+- steps = train rows // train_batch_size (the dataloader drops the last partial batch) x epochs,
+  or ``trainer.total_training_steps``.
 
 Test hooks (environment): FAKE_VERL_CALLS=<file> appends one JSON line per invocation;
-FAKE_VERL_FAIL=<experiment_name>:<step> exits 1 with a traceback after finishing that step.
+FAKE_VERL_FAIL=<experiment_name>:<step> exits 1 with a traceback after finishing that step;
+FAKE_VERL_NO_WEIGHTS=1 exports config.json without the weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pprint
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+from safetensors.numpy import save_file
+
+PREFIX = f"(TaskRunner pid={os.getpid()}) "
+SAVED: dict[str, list[Path]] = {"actor": [], "critic": []}
 
 
 def parse(argv: list[str]) -> dict[str, object]:
@@ -45,7 +56,9 @@ def write_hf(dst: Path, source_model: str, step: int, role: str) -> None:
     config = json.loads(src_cfg.read_text()) if src_cfg.is_file() else {}
     config.update(_fake_step=step, _fake_started_from=source_model, _fake_role=role)
     (dst / "config.json").write_text(json.dumps(config))
-    (dst / "model.safetensors").write_bytes(f"{role} weights at step {step}".encode() * 64)
+    if not os.environ.get("FAKE_VERL_NO_WEIGHTS"):
+        weights = np.full((4, 4), step, dtype=np.float32)  # veRL exports the fp32 training copy
+        save_file({f"model.{role}.weight": weights}, str(dst / "model.safetensors"))
     (dst / "generation_config.json").write_text("{}")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         src = Path(source_model) / name
@@ -57,6 +70,7 @@ def save_checkpoint(
     ckpt: Path, step: int, cfg: dict[str, object], model: str, critic: str | None
 ) -> None:
     folder = ckpt / f"global_step_{step}"
+    world = int(str(cfg["trainer.n_gpus_per_node"])) * int(str(cfg["trainer.nnodes"]))
     for role, source, keep_key in (
         ("actor", model, "trainer.max_actor_ckpt_to_keep"),
         ("critic", critic, "trainer.max_critic_ckpt_to_keep"),
@@ -65,19 +79,19 @@ def save_checkpoint(
             continue
         role_dir = folder / role
         role_dir.mkdir(parents=True, exist_ok=True)
-        for shard in ("model", "optim", "extra_state"):
-            (role_dir / f"{shard}_world_size_1_rank_0.pt").write_bytes(b"shard")
-        (role_dir / "fsdp_config.json").write_text('{"FSDP_version": 2, "world_size": 1}')
+        for rank in range(world):
+            for shard in ("model", "optim", "extra_state"):
+                (role_dir / f"{shard}_world_size_{world}_rank_{rank}.pt").write_bytes(b"shard")
+        (role_dir / "fsdp_config.json").write_text(
+            json.dumps({"FSDP_version": 2, "world_size": world})
+        )
         write_hf(role_dir / "huggingface", source, step, role)
+        SAVED[role].append(role_dir)
         keep = int(str(cfg.get(keep_key, "0")) or 0)
         if keep > 0:
-            older = sorted(
-                int(p.name.split("_")[-1])
-                for p in ckpt.glob("global_step_*")
-                if (p / role).is_dir()
-            )
-            for old in older[:-keep]:
-                shutil.rmtree(ckpt / f"global_step_{old}" / role)
+            for old in SAVED[role][:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            SAVED[role] = SAVED[role][-keep:]
     (folder / "data.pt").write_bytes(b"dataloader state")
     (ckpt / "latest_checkpointed_iteration.txt").write_text(str(step))
 
@@ -92,7 +106,9 @@ def val_metrics(cfg: dict[str, object], step: int) -> dict[str, float]:
 
 
 def line(step: int, metrics: dict[str, float]) -> str:
-    return " - ".join([f"step:{step}", *(f"{k}:{v!r}" for k, v in metrics.items())])
+    """``concat_dict_to_str``'s format, under Ray's actor prefix; values are numpy scalars."""
+    fields = [f"{k}:{pprint.pformat(np.float64(v))}" for k, v in metrics.items()]
+    return PREFIX + " - ".join([f"step:{step}", *fields])
 
 
 def main() -> int:
@@ -109,6 +125,7 @@ def main() -> int:
                 "critic": critic,
                 "argv": sys.argv[1:],
                 "wandb_group": os.environ.get("WANDB_RUN_GROUP"),
+                "cwd": os.getcwd(),
                 "wandb_mode": os.environ.get("WANDB_MODE"),
             }
             f.write(json.dumps(record) + "\n")
@@ -118,6 +135,8 @@ def main() -> int:
     if max_samples > 0:
         rows = min(rows, max_samples)
     total = rows // int(str(cfg["data.train_batch_size"])) * int(str(cfg["trainer.total_epochs"]))
+    if cfg.get("trainer.total_training_steps") not in (None, "null"):
+        total = int(str(cfg["trainer.total_training_steps"]))
     save_freq, test_freq = int(str(cfg["trainer.save_freq"])), int(str(cfg["trainer.test_freq"]))
     start = 0
     tracker = ckpt / "latest_checkpointed_iteration.txt"
@@ -126,8 +145,9 @@ def main() -> int:
         print(f"Resuming from {ckpt / f'global_step_{start}'}, setting global step to {start}")
     fail_exp, _, fail_step = os.environ.get("FAKE_VERL_FAIL", "").partition(":")
 
-    print("(TaskRunner pid=4242) INFO worker noise: vLLM engine started", flush=True)
-    print(line(start, val_metrics(cfg, start)), flush=True)
+    print(PREFIX + "INFO worker noise: vLLM engine started", flush=True)
+    if cfg.get("trainer.val_before_train", "True") == "True":
+        print(line(start, val_metrics(cfg, start)), flush=True)
     for step in range(start + 1, total + 1):
         metrics = {"critic/score/mean": 0.5, "actor/pg_loss": -0.01, "timing_s/step": 1.5}
         if save_freq > 0 and (step == total or step % save_freq == 0):

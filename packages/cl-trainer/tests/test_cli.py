@@ -169,7 +169,7 @@ def test_hub_ids_pass_the_model_check(data_dir: Path) -> None:
     that is not there is refused)."""
     cfg = resolve_config("0.5b", data_dir=data_dir)
     assert cfg.model == "Qwen/Qwen2.5-0.5B" and not Path(cfg.model).exists()
-    checks.preflight(cfg, gpus=2)
+    checks.preflight(cfg, gpus=2, flash_attn=True)
     with pytest.raises(TrainerError, match="model not found"):
         checks.preflight(resolve_config("0.5b", data_dir=data_dir, model="./Qwen2.5"), gpus=2)
 
@@ -180,8 +180,8 @@ def test_disk_check(
     cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path)
     assert checks.checkpoint_bytes(cfg, "Qwen/Qwen2.5-1.5B") > 40e9  # actor + critic, with Adam
     monkeypatch.setattr(checks.shutil, "disk_usage", lambda _p: type("U", (), {"free": 10**9})())
-    with pytest.raises(TrainerError, match="not enough disk for the next checkpoint"):
-        checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B")
+    with pytest.raises(TrainerError, match="not enough disk for this stage and the 3 after it"):
+        checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B", stages_after=3)
     checks.check_disk(resolve_config("tiny", out=tmp_path, model=str(hf_model)), str(hf_model))
 
 
@@ -204,3 +204,40 @@ def test_disk_sizes_read_in_human_units() -> None:
     assert checks.human_bytes(30e9) == "30.0 GB"
     assert checks.human_bytes(12_345) == "12.3 kB"
     assert checks.human_bytes(10) == "10 B"
+
+
+def test_disk_estimate_counts_parameters_not_bytes(tmp_path: Path) -> None:
+    """A stage-2 start model is an fp32 export: counted by its parameters, it is not twice the
+    base model; a finished stage keeps one full checkpoint (fp32 export + shards + Adam)."""
+    import torch
+    from safetensors.torch import save_file
+
+    weights = {"a": torch.zeros(1000, 10), "b": torch.zeros(500)}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        (tmp_path / name).mkdir()
+        save_file(
+            {k: v.to(dtype) for k, v in weights.items()}, tmp_path / name / "model.safetensors"
+        )
+        assert checks.model_params(str(tmp_path / name), 0) == 10_500
+    cfg = resolve_config("tiny", out=tmp_path / "run")
+    ckpt = checks.checkpoint_bytes(cfg, str(tmp_path / "fp32"))
+    assert ckpt == 10_500 * (4 + 4 + 8)  # GRPO: the actor only
+    assert checks.disk_needed(cfg, str(tmp_path / "fp32"), stages_after=3) == 2 * ckpt + 3 * ckpt
+
+
+def test_seeds_run_one_curriculum_per_seed(data_dir: Path, hf_model: Path, tmp_path: Path) -> None:
+    env = {BACKEND_CMD_ENV: f"python {FAKE_VERL}", "WANDB_MODE": "disabled"}
+    common = ["--size", "tiny", "--groups", "plus", "--data-dir", str(data_dir), "--model",
+              str(hf_model), "--train-batch-size", "8", "--ppo-mini-batch-size", "8",
+              "--no-wandb"]  # fmt: skip
+    res = invoke(*common, "--out", str(tmp_path / "run"), "--seeds", "0,2", env=env)
+    assert res.exit_code == 0, res.output
+    for seed in (0, 2):
+        manifest = json.loads((tmp_path / f"run-s{seed}" / "run.json").read_text())
+        assert manifest["config"]["seed"] == seed
+        assert manifest["stages"][0]["status"] == "done"
+    assert not (tmp_path / "run").exists()
+    res = CliRunner().invoke(main, [*common, "--seeds", "1,1"], env=env)
+    assert res.exit_code == 2 and "listed twice" in res.output
+    res = CliRunner().invoke(main, [*common, "--seeds", "1", "--seed", "3"], env=env)
+    assert res.exit_code == 2 and "not both" in res.output

@@ -95,6 +95,11 @@ def test_full_run_chains_models_and_writes_everything(
         assert cur["model"] == str(run / prev["final_model"])
         assert cur["critic"] == str(run / "critics" / prev["final_model"].split("/")[1])
     assert all(x["wandb_group"] == "ContinualCountdown_tiny-run" for x in c)
+    # Stages run inside the run directory, Hydra's outputs under hydra/<stage> (not in a cwd
+    # that may be read-only, as /app is in the trainer image).
+    assert all(x["cwd"] == str(run) for x in c)
+    for x, name in zip(c, names, strict=True):
+        assert f"hydra.run.dir={run / 'hydra' / name}" in x["argv"]
     assert all(x["wandb_mode"] == "offline" for x in c)
 
     # Final models: veRL's last HF export, hard-linked (same inode), tokenizer included.
@@ -182,7 +187,7 @@ def test_resume_after_interruption_before_and_after_a_stage(
     assert all(s["status"] == "done" for s in manifest(run)["stages"])
     # veRL (resume_mode=auto) found the finished checkpoint: it validates again, trains no step.
     log = (run / "logs" / "ContinualCountdown_R1_plus_minus.log").read_text()
-    trained = [ln for ln in log.splitlines() if ln.startswith("step:5 -") and "pg_loss" in ln]
+    trained = [ln for ln in log.splitlines() if "step:5 -" in ln and "pg_loss" in ln]
     assert len(trained) == 1 and "setting global step to 5" in log
 
 
@@ -357,3 +362,39 @@ def test_stale_temps_of_a_killed_engine_are_removed(
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
     assert not (run / ".run.json.x1.tmp").exists()
     assert not (ckpt / ".global_step_3.ab.tmp").exists()
+
+
+def test_ppo_critic_starts_from_each_stage_actor_by_default(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the original experiments: a fresh value head on the stage's starting policy."""
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(data_dir, hf_model, run, rounds=1)
+    assert cfg.critic_init == "actor"
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    c = read_calls(calls)
+    assert [x["critic"] for x in c] == [x["model"] for x in c]
+    assert c[1]["model"] == str(run / "metrics" / "final_1_plus")
+
+
+def test_an_export_without_weights_is_not_a_final_model(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """veRL writes config.json before the weights: only the weights file makes it complete."""
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+    monkeypatch.setenv("FAKE_VERL_NO_WEIGHTS", "1")
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 1
+    stage = manifest(run)["stages"][0]
+    assert (
+        stage["status"] == "failed" and "no global_step_N/actor/huggingface" in stage["error_tail"]
+    )
+    assert not (run / "metrics" / "final_1_plus").exists()

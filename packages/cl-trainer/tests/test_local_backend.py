@@ -66,6 +66,7 @@ def overrides(data: Path, model: Path, ckpt: Path, **extra: object) -> list[str]
         "trainer.project_name": "test",
         "trainer.experiment_name": "local",
         "trainer.logger": "[console]",
+        "trainer.device": "cpu",
     }
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]

@@ -5,6 +5,10 @@ This is what catches a renamed or removed veRL key on the next veRL upgrade.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +21,8 @@ from verl.utils.config import validate_config
 from cl_trainer.config import preset_value, resolve_config
 from cl_trainer.overrides import stage_overrides
 from cl_trainer.presets import PRESETS
-from cl_trainer.stages import Stage
+from cl_trainer.stages import Stage, stage_plan
+from cl_trainer.tracking import secret_env, wandb_env
 
 CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
 
@@ -125,3 +130,56 @@ def test_scale_options_and_user_overrides_reach_verl(
     assert conf.ray_kwargs.ray_init.runtime_env.env_vars.WANDB_RUN_GROUP == "g"
     assert conf.actor_rollout_ref.actor.optim.lr == 5e-7
     assert list(conf.trainer.logger) == ["console"]
+
+
+RAY_SCRIPT = """
+import json, os, sys
+import ray
+from omegaconf import OmegaConf
+from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+from hydra import compose, initialize_config_dir
+
+with initialize_config_dir(config_dir=sys.argv[1], version_base=None):
+    conf = compose(config_name="ppo_trainer", overrides=json.loads(sys.argv[2]))
+# verl.trainer.main_ppo.run_ppo's ray.init, with a local cluster standing in for the remote one
+ray_init = conf.ray_kwargs.get("ray_init", {})
+runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(conf), ray_init.get("runtime_env", {}))
+kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
+print("printed by veRL:", kwargs)
+kwargs.pop("address")
+ray.init(**{**kwargs, "num_cpus": 1, "include_dashboard": False})
+
+@ray.remote
+def seen():
+    return [os.environ.get(k) for k in ("WANDB_API_KEY", "WANDB_RUN_GROUP")]
+
+print("actor sees:", json.dumps(ray.get(seen.remote())))
+ray.shutdown()
+"""
+
+
+def test_the_wandb_key_reaches_cluster_actors_but_no_argv_or_log(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "key-123-secret")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path, ray_address="10.0.0.1:6379")
+    env = wandb_env(cfg)
+    plan = stage_plan(cfg, env=env)[0]
+    assert "key-123-secret" not in json.dumps([plan.argv, plan.env])
+    secret = secret_env(cfg, env)
+    child_env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | secret
+    proc = subprocess.run(
+        [sys.executable, "-c", RAY_SCRIPT, CONFIG_DIR, json.dumps(plan.argv[3:])],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = next(line for line in proc.stdout.splitlines() if line.startswith("printed by"))
+    assert "key-123-secret" not in printed
+    seen = json.loads(proc.stdout.split("actor sees:")[1].strip())
+    assert seen == ["key-123-secret", env["WANDB_RUN_GROUP"]]
+    assert secret_env(cfg, {**env, "WANDB_MODE": "offline"}) == {}
+    assert secret_env(resolve_config("1.5b", data_dir=data_dir), env) == {}

@@ -19,7 +19,7 @@ from countdown_data.cli import main
 from countdown_data.dataset import SCHEMA, load_rows, write_table
 from countdown_data.groups import GROUPS, OPERATORS
 from countdown_data.sft import sft_examples
-from countdown_data.templates import operators_named
+from countdown_data.templates import group_of_prompt, prompt_operators
 from countdown_reward import compute_score
 
 GEN = ["gen", "--train-size", "300", "--test-size", "60", "--seed", "7", "--workers", "1"]
@@ -57,7 +57,7 @@ def test_layout_schema_and_manifest(small_dir: Path) -> None:
         assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user"
         content = row["prompt"][0]["content"]
         assert content.endswith("Let me solve this step by step.\n<think>")
-        assert operators_named(content, "base") == OPERATORS[g]
+        assert prompt_operators(content) == OPERATORS[g] and group_of_prompt(content) == g
 
 
 def test_validate_and_stats_pass(small_dir: Path) -> None:

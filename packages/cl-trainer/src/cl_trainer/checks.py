@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
+import struct
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,10 +15,28 @@ from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.presets import APPROX_PARAMS, TINY_MODEL_SENTINEL
 from countdown_data.dataset import split_path
 
-NO_GPU = "no GPU found: veRL needs CUDA GPUs; see `cl-trainer plan` or use `--backend local`"
+ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
 
-CHECKPOINT_BYTES_PER_PARAM = 2 + 4 + 8 + 2
-"""bf16 HF export + fp32 FSDP shards + Adam's two fp32 moments + the stage's final HF copy."""
+NO_GPU = (
+    "no GPU found: pass --device cpu (veRL's trainer on the CPU, slow: to check a configuration) "
+    "or --backend local, or see `cl-trainer plan`"
+)
+NO_FLASH_ATTN = (
+    "FlashAttention-2 is not installed (veRL loads the actor, reference and PPO critic with it): "
+    "`uv sync --locked --extra gpu --no-install-package flash-attn && uv sync --locked --extra "
+    "gpu` builds it against the installed torch (needs the CUDA toolkit's nvcc), or use the "
+    "trainer image (deploy/docker/Dockerfile)"
+)
+SLOW_ON_CPU = (
+    "note: --device cpu runs veRL's own trainer on the CPU: right for checking a configuration "
+    "on a laptop, hours to days for a real model's stage"
+)
+
+CHECKPOINT_BYTES_PER_PARAM = 4 + 4 + 8
+"""One checkpoint of one trained model: its HF export (fp32: veRL saves the fp32 training copy),
+its fp32 FSDP shards and Adam's two fp32 moments."""
+EXPORT_BYTES_PER_PARAM = 4
+"""A stage's final HF export, kept (as hard links) when its checkpoints are pruned away."""
 
 
 def gpu_count() -> int:
@@ -59,17 +80,25 @@ def check_model(cfg: TrainerConfig) -> None:
 
 
 def check_gpus(cfg: TrainerConfig, available: int | None = None) -> None:
-    """Only the verl backend needs GPUs; a Ray cluster's other nodes cannot be counted here."""
-    if cfg.backend != "verl":
+    """``--device cuda`` needs GPUs; a Ray cluster's other nodes cannot be counted here."""
+    if cfg.device != "cuda":
         return
     found = gpu_count() if available is None else available
     if found == 0:
-        raise TrainerError(NO_GPU)
+        raise TrainerError(NO_GPU if cfg.backend == "verl" else "no GPU found: pass --device cpu")
     if found < cfg.n_gpus_per_node:
         raise UsageError(
             f"asked for --n-gpus-per-node {cfg.n_gpus_per_node} but this machine has "
             f"{found} GPU(s); "
             f"pass --n-gpus-per-node {found} (and a tensor-parallel size that divides it)"
+        )
+
+
+def check_device(cfg: TrainerConfig) -> None:
+    if cfg.backend == "verl" and cfg.device == "cpu" and cfg.ray_address:
+        raise UsageError(
+            "--device cpu runs veRL's trainer in one local Ray instance; drop --ray-address "
+            "(or --device cpu)"
         )
 
 
@@ -121,21 +150,43 @@ def check_batches(cfg: TrainerConfig) -> None:
         )
 
 
-def model_bytes(model: str, fallback_params: int) -> int:
-    """Size of the model's weights in bf16: from its safetensors files, else the preset's count."""
-    path = Path(model)
-    if path.is_dir():
-        files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
-        if files:
-            return sum(f.stat().st_size for f in files)
-    return 2 * fallback_params
+def model_params(model: str, fallback: int) -> int:
+    """Parameters of a local model, counted from its safetensors headers (so fp32 and bf16 files
+    count alike); the preset's figure for a hub ID not yet on disk."""
+    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    if not files:
+        return fallback
+    total = 0
+    try:
+        for file in files:
+            with open(file, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > file.stat().st_size:
+                    raise ValueError("not a safetensors header")
+                header = json.loads(f.read(n))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return fallback  # not readable here; loading it will say what is wrong
+    return total
 
 
 def checkpoint_bytes(cfg: TrainerConfig, model: str) -> int:
-    """Estimated disk for one stage's checkpoint (actor, plus critic for PPO)."""
-    params = model_bytes(model, APPROX_PARAMS[cfg.size]) // 2
+    """One full checkpoint of the stage's trained models (actor, plus critic for PPO)."""
     roles = 2 if cfg.uses_critic else 1
-    return params * CHECKPOINT_BYTES_PER_PARAM * roles
+    return model_params(model, APPROX_PARAMS[cfg.size]) * CHECKPOINT_BYTES_PER_PARAM * roles
+
+
+def disk_needed(cfg: TrainerConfig, model: str, stages_after: int) -> int:
+    """Disk the rest of the curriculum needs from the start of a stage.
+
+    During the stage veRL writes a checkpoint before rotating out the oldest, so it holds
+    ``keep + 1`` at its peak; every finished stage then keeps ``keep`` full checkpoints (with
+    none kept, its final HF exports).
+    """
+    ckpt = checkpoint_bytes(cfg, model)
+    keep = cfg.keep_checkpoints
+    kept = keep * ckpt if keep else ckpt * EXPORT_BYTES_PER_PARAM // CHECKPOINT_BYTES_PER_PARAM
+    return (max(1, keep) + 1) * ckpt + stages_after * kept
 
 
 def human_bytes(n: float) -> str:
@@ -146,21 +197,54 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_disk(cfg: TrainerConfig, model: str) -> None:
+def check_disk(cfg: TrainerConfig, model: str, stages_after: int = 0) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    need = checkpoint_bytes(cfg, model)
+    need = disk_needed(cfg, model, stages_after)
     free = shutil.disk_usage(cfg.run_dir).free
     if free < need:
         raise TrainerError(
-            f"not enough disk for the next checkpoint: about {human_bytes(need)} needed, "
-            f"{human_bytes(free)} free under {cfg.run_dir}; free space or pass --out elsewhere"
+            f"not enough disk for this stage and the {stages_after} after it: about "
+            f"{human_bytes(need)} needed, {human_bytes(free)} free under {cfg.run_dir}; free "
+            "space, pass --keep-checkpoints 0, or pass --out elsewhere"
         )
 
 
-def preflight(cfg: TrainerConfig, *, gpus: int | None = None) -> None:
-    """Cheap checks first, GPUs last: every failure is one line naming the fix."""
+def needs_flash_attn(cfg: TrainerConfig) -> bool:
+    """veRL on GPUs loads actor and reference with ``override_config.attn_implementation``
+    (default flash_attention_2, ``verl/workers/config/model.py``) and the PPO critic with
+    flash_attention_2 hard-coded (``verl/utils/model.py``, ``load_valuehead_model``)."""
+    if cfg.backend != "verl" or cfg.device != "cuda":
+        return False
+    if cfg.uses_critic:
+        return True
+    attn = [o for o in cfg.overrides if o.lstrip("+").startswith(ATTN_OVERRIDE + "=")]
+    return not attn or attn[-1].split("=", 1)[1] == "flash_attention_2"
+
+
+def flash_attn_available() -> bool:
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def check_flash_attn(cfg: TrainerConfig, available: bool | None = None) -> None:
+    if needs_flash_attn(cfg) and not (flash_attn_available() if available is None else available):
+        raise TrainerError(NO_FLASH_ATTN)
+
+
+def preflight(
+    cfg: TrainerConfig, *, gpus: int | None = None, flash_attn: bool | None = None
+) -> list[str]:
+    """Cheap checks first, GPUs last: every failure is one line naming the fix. Returns notes
+    worth a line on the console."""
+    check_device(cfg)
     check_parallelism(cfg)
     check_batches(cfg)
     check_data(cfg)
     check_model(cfg)
     check_gpus(cfg, gpus)
+    check_flash_attn(cfg, flash_attn)
+    notes = []
+    if cfg.backend == "verl" and cfg.device == "cpu" and cfg.size != "tiny":
+        notes.append(SLOW_ON_CPU)
+    return notes

@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -56,6 +57,18 @@ def _groups(_ctx: click.Context, _param: click.Parameter, value: str | None) -> 
         return [check_group(g.strip()) for g in value.split(",") if g.strip()]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _seeds(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter("a seed is listed twice")
+    return seeds
 
 
 def _shown(value: Any) -> str:
@@ -138,20 +151,41 @@ def main() -> None:
     "--force", is_flag=True, help="Continue a run whose run.json has another configuration."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Also show the backend's whole output.")
-def run(force: bool, verbose: bool, **params: Any) -> None:
+@click.option(
+    "--seeds",
+    callback=_seeds,
+    help="Comma-separated seeds: one curriculum per seed, one after the other, each in "
+    "<out>-s<seed> (runs/<size>-s<seed>); compare them with `cl-eval compare`.",
+)
+def run(force: bool, verbose: bool, seeds: list[int] | None, **params: Any) -> None:
     """Train every stage in order, resuming where a previous invocation stopped."""
-    cfg = _config(params)
+    if seeds and params["seed"] is not None:
+        raise click.UsageError("give --seed or --seeds, not both")
+    configs = [_config(params)]
+    if seeds:
+        out = Path(params["out"] or Path("runs") / params["size"])
+        configs = [_config({**params, "seed": s, "out": f"{out}-s{s}"}) for s in seeds]
     console = Console(verbose=verbose)
+    for cfg in configs:
+        if len(configs) > 1:
+            console.note(f"seed {cfg.seed}: {cfg.run_dir}")
+        code = _train(cfg, console, force)
+        if code:
+            sys.exit(code)
+    sys.exit(0)
+
+
+def _train(cfg: TrainerConfig, console: Console, force: bool) -> int:
     try:
-        preflight(cfg)
-        code = Engine(cfg, console, force=force).run()
+        for note in preflight(cfg):
+            console.note(note)
+        return Engine(cfg, console, force=force).run()
     except TrainerError as exc:
         raise _click_error(exc) from None
     except (KeyboardInterrupt, Stopped) as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
         console.note(f"stopped by {signal.Signals(signum).name}; rerun the same command to resume")
         sys.exit(128 + signum)
-    sys.exit(code)
 
 
 def plan_data(cfg: TrainerConfig) -> dict[str, Any]:

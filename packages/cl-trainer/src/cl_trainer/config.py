@@ -73,6 +73,13 @@ class TrainerConfig:
     backend: str = setting(
         "verl", "verl (Ray, FSDP, vLLM) or local (one process).", choices=("verl", "local")
     )
+    device: str = setting(
+        "cuda",
+        "cuda, or cpu: the local backend's CPU run, or veRL's own trainer on the CPU (slow: for "
+        "checking a configuration before spending GPU hours, not for training).",
+        choices=("cuda", "cpu"),
+        verl=("trainer.device",),
+    )
     rounds: int = setting(3, "Rounds through all groups.", minimum=1)
     epochs: int = setting(15, "Epochs per stage.", minimum=1, verl=("trainer.total_epochs",))
     groups: list[str] = setting(GROUPS, "Comma-separated groups in curriculum order.")
@@ -134,7 +141,7 @@ class TrainerConfig:
         0.001, "Entropy bonus in the actor's loss.", verl=(f"{ACTOR}.entropy_coeff",)
     )
     gpu_memory_utilization: float = setting(
-        0.4,
+        0.6,
         "Fraction of GPU memory the rollout engine takes.",
         verl=(f"{ROLLOUT}.gpu_memory_utilization",),
     )
@@ -147,7 +154,11 @@ class TrainerConfig:
     keep_checkpoints: int = setting(
         1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
     )
-    seed: int = setting(0, "Data shuffling (and tiny model) seed.", verl=("data.seed",))
+    seed: int = setting(
+        0,
+        "Seed of data order, sampling and the tiny model's init.",
+        verl=("data.seed", f"{ACTOR}.data_loader_seed", f"{ROLLOUT}.seed"),
+    )
     wandb: bool = setting(True, "Log to W&B (else the console only).", compared=False)
     preset_overrides: list[str] = setting((), "The preset's own veRL overrides.", cli=False)
     overrides: list[str] = setting((), "veRL overrides for every stage (after `--`).", cli=False)
@@ -201,9 +212,9 @@ def largest_divisor_at_most(n: int, cap: int) -> int:
 def resolve_config(size: str, **given: Any) -> TrainerConfig:
     """Defaults, then the preset's values, then ``given`` (``None`` means not given); then derived.
 
-    Derived: ``out`` (runs/<size>), the model (``BASE_MODEL`` unless ``model`` is given), one GPU
-    and no tensor parallelism on the local backend, one rollout per prompt for PPO, the per-GPU
-    micro-batch from its cap, absolute paths.
+    Derived: ``out`` (runs/<size>), the model (``BASE_MODEL`` unless ``model`` is given), one
+    device and no tensor parallelism on the local backend or the CPU, one rollout per prompt for
+    PPO, the per-GPU micro-batch from its cap, absolute paths.
     """
     if size not in PRESETS:
         raise TrainerError(f"unknown size {size!r}; choose from {', '.join(PRESETS)}")
@@ -213,7 +224,7 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
     given = {k: v for k, v in given.items() if v is not None}
     values = {f.name: preset_value(size, f.name) for f in SETTINGS} | given
     values["size"] = size
-    if values["backend"] == "local":
+    if values["backend"] == "local" or values["device"] == "cpu":
         for name in ("n_gpus_per_node", "tp"):
             values[name] = given.get(name, 1)
     if values["algo"] == "ppo":

@@ -32,7 +32,7 @@ from cl_trainer.errors import TrainerError
 from cl_trainer.manifest import config_diff, new_manifest, now, read_manifest, write_manifest
 from cl_trainer.presets import TINY_MODEL_SENTINEL
 from cl_trainer.stages import Stage, StagePlan, stage_plan
-from cl_trainer.tracking import wandb_env
+from cl_trainer.tracking import secret_env, wandb_env
 from countdown_data.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
 from countdown_data.runs import MANIFEST
 
@@ -371,7 +371,7 @@ class Engine:
         rec = self._record(stage)
         self._check_start(plan)
         start = base if stage.index == 0 else Path(plan.actor)
-        check_disk(self.cfg, str(start))
+        check_disk(self.cfg, str(start), stages_after=total - stage.index - 1)
         link_model_dir(start, self.run_dir / stage.initial_model, fallback="symlink")
         ckpt = self.run_dir / stage.checkpoint_dir
         resumed = rec["status"] in ("running", "failed", "interrupted")
@@ -384,7 +384,7 @@ class Engine:
         try:
             code = run_teed(
                 plan.argv,
-                plan.env,
+                {**plan.env, **secret_env(self.cfg, plan.env)},
                 log_path,
                 self.reporter,
                 cwd=self.run_dir,

@@ -11,6 +11,8 @@ from typing import Any
 
 from cl_trainer.config import NOT_COMPARED, TrainerConfig
 from cl_trainer.errors import TrainerError
+from cl_trainer.stages import uses_cpu_overlay
+from cl_trainer.verl_cpu import cpu_overlay
 from countdown_data.atomic import write_atomic
 from countdown_data.runs import MANIFEST, Stage
 
@@ -53,6 +55,7 @@ def stage_record(stage: Stage) -> dict[str, Any]:
         "initial_model": stage.initial_model,
         "final_model": stage.final_model,
         "checkpoint_dir": stage.checkpoint_dir,
+        "validation_dir": stage.validation_dir,
         "started_at": None,
         "finished_at": None,
         "duration_s": None,
@@ -77,6 +80,11 @@ def new_manifest(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> di
         "base_model": base_model,
         "groups": list(cfg.groups),
         "config": cfg.to_dict(),
+        "cpu_overlay": (
+            dict(zip(("overrides", "env"), cpu_overlay(), strict=True))
+            if uses_cpu_overlay(cfg)
+            else None
+        ),
         "stages": [stage_record(s) for s in stages],
     }
 

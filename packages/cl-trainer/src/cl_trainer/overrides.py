@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from cl_trainer.config import SETTINGS, TrainerConfig
-from countdown_data.dataset import split_path
+from countdown_data.dataset import read_manifest, split_path
+from countdown_data.generate import GenConfig
 from countdown_data.runs import PROJECT, Stage
+from countdown_data.templates import COMPLETION_TEMPLATES
 
 BACKEND_MODULES = {"verl": "verl.trainer.main_ppo", "local": "cl_trainer.local"}
 REWARD_MODULE = "countdown_reward"
@@ -26,6 +28,10 @@ REWARD_FUNCTION = "compute_score_with_acc"
 CHECKPOINT_SAVE_CONTENTS = "[model,optimizer,extra,hf_model]"
 """``hf_model`` makes veRL export ``global_step_N/<role>/huggingface``: the stage's final model."""
 CHECKPOINT_LOAD_CONTENTS = "[model,optimizer,extra]"
+PASS_THROUGH_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+"""veRL always renders prompts with a chat template; this one renders the messages' text only, so a
+completion-style prompt reaches the model as the original experiments fed it (no ChatML turn, no
+default system prompt)."""
 BACKEND_CMD_ENV = "CL_TRAINER_BACKEND_CMD"
 """Replaces ``<python> -m <backend module>`` (shell words); the tests' stand-in for veRL uses it."""
 
@@ -75,6 +81,23 @@ def setting_overrides(cfg: TrainerConfig) -> list[str]:
     return out
 
 
+def data_template(data_dir: str | Path) -> str:
+    """The prompt template the data was generated with (its manifest), else ``gen``'s default."""
+    try:
+        return str(read_manifest(Path(data_dir))["params"]["template"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return GenConfig().template
+
+
+def critic_token_budget(cfg: TrainerConfig) -> int:
+    """Tokens per GPU per critic forward/backward: the micro-batch of full-length sequences.
+
+    veRL 0.9.1's v1 trainer batches the critic dynamically by this budget
+    (``ppo_infer_max_token_len_per_gpu``), so its ``ppo_micro_batch_size_per_gpu`` has no effect.
+    """
+    return cfg.ppo_micro_batch_size_per_gpu * (cfg.max_prompt_length + cfg.max_response_length)
+
+
 def wandb_group(cfg: TrainerConfig) -> str:
     """One W&B group per curriculum run: its run name plus the run directory's name."""
     return f"{cfg.run_name}-{cfg.run_dir.name}" if cfg.run_dir.name != cfg.size else cfg.run_name
@@ -102,6 +125,10 @@ def stage_overrides(
         "actor_rollout_ref.rollout.name=vllm",
         *setting_overrides(cfg),
     ]
+    if data_template(cfg.data_dir) in COMPLETION_TEMPLATES:
+        ov.append(
+            "actor_rollout_ref.model.custom_chat_template=" + hydra_str(PASS_THROUGH_CHAT_TEMPLATE)
+        )
     if cfg.uses_critic:
         # The original experiments' veRL applied the KL penalty in the reward (coef 0.001).
         ov += [
@@ -113,6 +140,9 @@ def stage_overrides(
             "critic.model.use_remove_padding=True",
             f"critic.checkpoint.save_contents={CHECKPOINT_SAVE_CONTENTS}",
             f"critic.checkpoint.load_contents={CHECKPOINT_LOAD_CONTENTS}",
+            # Not in critic.yaml, only in veRL's CriticConfig: "++" adds or overrides it.
+            f"++critic.ppo_infer_max_token_len_per_gpu={critic_token_budget(cfg)}",
+            f"critic.ppo_max_token_len_per_gpu={critic_token_budget(cfg)}",
         ]
     else:
         ov += [
@@ -131,6 +161,7 @@ def stage_overrides(
         f"trainer.experiment_name={stage.experiment_name}",
         "trainer.logger=[console,wandb]" if cfg.wandb else "trainer.logger=[console]",
         f"trainer.default_local_dir={hydra_str(str(run / stage.checkpoint_dir))}",
+        f"trainer.validation_data_dir={hydra_str(str(run / stage.validation_dir))}",
         "trainer.resume_mode=auto",
         f"trainer.max_actor_ckpt_to_keep={keep}",
         f"trainer.max_critic_ckpt_to_keep={keep}",

@@ -24,6 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": TINY_MODEL_SENTINEL,
         "backend": "local",
+        "device": "cpu",
         "algo": "grpo",
         "train_batch_size": 8,
         "ppo_mini_batch_size": 8,

@@ -10,9 +10,15 @@ from dataclasses import dataclass
 
 from cl_trainer.config import TrainerConfig, base_model_path
 from cl_trainer.overrides import backend_prefix, stage_overrides
+from cl_trainer.verl_cpu import cpu_overlay
 from countdown_data.runs import Stage
 
 __all__ = ["Stage", "StagePlan", "plan_stages", "stage_plan"]
+
+
+def uses_cpu_overlay(cfg: TrainerConfig) -> bool:
+    """veRL's own trainer on the CPU: the stage command gets ``cl_trainer.verl_cpu``'s overlay."""
+    return cfg.backend == "verl" and cfg.device == "cpu"
 
 
 def plan_stages(cfg: TrainerConfig) -> list[Stage]:
@@ -48,6 +54,10 @@ def stage_plan(
     """
     env = dict(env or {})
     head = prefix if prefix is not None else backend_prefix(cfg)
+    overlay: list[str] = []
+    if uses_cpu_overlay(cfg):
+        overlay, overlay_env = cpu_overlay()
+        env |= overlay_env
     plans: list[StagePlan] = []
     actor = base_model_path(cfg)
     for stage in plan_stages(cfg):
@@ -58,6 +68,7 @@ def stage_plan(
         argv = [
             *head,
             *stage_overrides(cfg, stage, actor_path=actor, critic_path=critic, wandb_env=env),
+            *overlay,
         ]
         plans.append(StagePlan(stage, actor, critic, argv, env))
         actor = str(cfg.run_dir / stage.final_model)

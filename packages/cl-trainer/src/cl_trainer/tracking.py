@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -47,3 +48,21 @@ def wandb_env(
         "WANDB_RUN_GROUP": wandb_group(cfg),
         "WANDB_DIR": str(cfg.run_dir),
     }
+
+
+def secret_env(cfg: TrainerConfig, env: dict[str, str]) -> dict[str, str]:
+    """The W&B key for a stage whose actors run on a Ray cluster (``--ray-address``).
+
+    Such actors do not inherit this shell's environment, and anything in veRL's argv or its
+    ``ray_init`` config ends up printed in the stage log. So the key travels in Ray's job config
+    variable (what ``ray job submit`` sets): ``ray.init`` merges its runtime env into the job's
+    without printing it. Only when W&B is online; never part of ``plan``'s output.
+    """
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    key = os.environ.get("WANDB_API_KEY")
+    if not (cfg.ray_address and key and env.get("WANDB_MODE") == "online"):
+        return {}
+    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    job.setdefault("runtime_env", {}).setdefault("env_vars", {})["WANDB_API_KEY"] = key
+    return {RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}

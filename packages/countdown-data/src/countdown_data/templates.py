@@ -7,11 +7,15 @@ chat-template path works unchanged; ``chat`` splits it into system + user for in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from countdown_data.groups import OPERATORS, check_group
 
 TEMPLATES: tuple[str, ...] = ("base", "chat", "compact")
+COMPLETION_TEMPLATES: frozenset[str] = frozenset({"base"})
+"""Templates whose one message is the model's whole input (TinyZero's completion style, ending in
+``<think>``): a trainer feeds it as it is, not inside the tokenizer's chat turn."""
 
 _SYSTEM = (
     "You are a helpful assistant. You first think about the reasoning process in the mind "
@@ -59,9 +63,17 @@ def render_prompt(
     raise ValueError(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}")
 
 
-def operators_named(content: str, template: str) -> str:
-    """The operator list a rendered prompt announces (what ``validate`` compares with the group)."""
-    if template == "compact":
-        return content.rsplit(" ops ", 1)[1].strip()
-    start = content.index("arithmetic operations (") + len("arithmetic operations (")
-    return content[start : content.index(")", start)].replace(", ", "")
+_OPS = re.compile(r"\bops ([+\-*/]+)\s|arithmetic operations \(([+\-*/, ]+)\)")
+
+
+def prompt_operators(text: str) -> str | None:
+    """The operators a rendered prompt announces (any template, inside a chat template or not)."""
+    m = _OPS.search(text)
+    return None if m is None else (m.group(1) or m.group(2)).replace(", ", "")
+
+
+def group_of_prompt(text: str) -> str | None:
+    """The group a rendered prompt asks for: what names a validation answer's group when only the
+    prompt text was kept (veRL's validation dumps)."""
+    ops = prompt_operators(text)
+    return next((g for g, o in OPERATORS.items() if o == ops), None)

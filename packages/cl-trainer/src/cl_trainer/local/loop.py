@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty as verl_apply_kl_penalty
 from verl.trainer.ppo.ray_trainer import compute_advantage as verl_compute_advantage
 from verl.trainer.ppo.reward import get_custom_reward_fn
+from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.metric import reduce_metrics
 from verl.utils.reward_score import default_compute_score
 from verl.utils.torch_functional import (
@@ -53,8 +55,15 @@ def timer(name: str, timing: dict[str, float]):
     timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
 
 
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device(name: str) -> torch.device:
+    """veRL's ``trainer.device``: ``cuda`` (one GPU) or ``cpu``."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LocalConfigError(
+            "trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu"
+        )
+    if name not in ("cuda", "cpu"):
+        raise LocalConfigError(f"trainer.device={name}: the local backend runs on cuda or cpu")
+    return torch.device(name)
 
 
 def load_reward_fn(cfg: DictConfig) -> Any:
@@ -120,7 +129,7 @@ def apply_kl_penalty(batch: dict[str, Any], kl_ctrl: Any, kl_penalty: str) -> di
 class LocalTrainer:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.device = device()
+        self.device = device(str(cfg.trainer.device))
         actor_cfg = cfg.actor_rollout_ref.actor
         self.model_path = str(cfg.actor_rollout_ref.model.path)
         if not Path(self.model_path).exists():
@@ -129,6 +138,9 @@ class LocalTrainer:
                 "loads models from disk only"
             )
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        template = cfg.actor_rollout_ref.model.get("custom_chat_template")
+        if template:  # as veRL's HFModelConfig does
+            self.tokenizer.chat_template = template
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(
@@ -255,15 +267,36 @@ class LocalTrainer:
         )
 
     def validate(self) -> dict[str, Any]:
-        """``RayPPOTrainer._validate``: val_kwargs sampling, metrics per data source."""
+        """veRL's ``_validate``: ``val_kwargs`` sampling, metrics per data source, and every answer
+        dumped to ``trainer.validation_data_dir`` by veRL's own writer.
+
+        As in veRL's agent loop, ``val_kwargs.temperature`` alone decides greedy (0) or sampled
+        decoding; ``do_sample`` is not read.
+        """
         val_kwargs = self.cfg.actor_rollout_ref.rollout.val_kwargs
         n = int(val_kwargs.get("n", 1))
         uids = [str(uuid.uuid4()) for _ in self.val]
         examples = [ex for ex in self.val for _ in range(n)]
         sample_uids = [u for u in uids for _ in range(n)]
-        batch = self._generate(examples, val_kwargs, bool(val_kwargs.get("do_sample", False)))
+        batch = self._generate(examples, val_kwargs, True)
         scores, extras = score(self.reward_fn, self.tokenizer, examples, batch)
-        infos: dict[str, list[Any]] = {"reward": scores.sum(-1).tolist(), **extras}
+        rewards = scores.sum(-1).tolist()
+        infos: dict[str, list[Any]] = {"reward": rewards, **extras}
+        dump = self.cfg.trainer.get("validation_data_dir")
+        if dump:
+            decode = partial(self.tokenizer.decode, skip_special_tokens=True)
+            lengths = batch["response_mask"].sum(-1).tolist()
+            PPOTrainer._write_generations(
+                inputs=[decode(ex.prompt_ids) for ex in examples],
+                outputs=[
+                    decode(r[: int(m)]) for r, m in zip(batch["responses"], lengths, strict=True)
+                ],
+                gts=[ex.reward_model["ground_truth"] for ex in examples],
+                scores=rewards,
+                reward_extra_infos_dict={**extras, "uid": sample_uids},
+                dump_path=str(dump),
+                global_steps=self.global_steps,
+            )
         data_sources = [ex.data_source for ex in examples]
         # veRL's own naming of val-core/val-aux metrics; the method uses nothing of its instance.
         return RayPPOTrainer._val_metrics_update(None, data_sources, sample_uids, infos, [])
@@ -414,6 +447,9 @@ class LocalTrainer:
         metrics.update(compute_data_metrics(batch=proto, use_critic=False))
         metrics.update(compute_timing_metrics(batch=proto, timing_raw=timing))
         metrics.update(compute_throughout_metrics(batch=proto, timing_raw=timing, n_gpus=1))
+        if self.device.type == "cuda":  # veRL's actor reports the same two keys
+            metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics["perf/max_memory_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
         return metrics
 
     def fit(self) -> None:
