@@ -49,9 +49,7 @@ def test_an_accuracy_outside_0_1_is_dropped_naming_the_line(run) -> None:
     log = run / "logs/ContinualCountdown_R1_plus.log"
     _insert_before_last_metric_line(log, "step:6 - val-core/countdown_plus/acc/mean@1:7.5")
     parsed = parse_log_text(log.read_text(), name=log.name)
-    bad_line = log.read_text().splitlines().index(
-        "step:6 - val-core/countdown_plus/acc/mean@1:7.5"
-    )
+    bad_line = log.read_text().splitlines().index("step:6 - val-core/countdown_plus/acc/mean@1:7.5")
     assert any(f"line {bad_line + 1}" in w and "7.5" in w for w in parsed.warnings)
     a = analyse(run)
     assert a.R[1, 0] == pytest.approx(0.8)

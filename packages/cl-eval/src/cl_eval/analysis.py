@@ -15,6 +15,7 @@ import numpy as np
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
 from cl_eval.run import Run, RunError, Stage, load_run
+from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
 from countdown_data.groups import data_source
 from countdown_data.runs import group_accuracy
@@ -115,33 +116,43 @@ def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> Stage
     return res
 
 
-def build_matrix(
-    run: Run, results: list[StageResult], warnings: list[str]
-) -> tuple[np.ndarray, list[list[str | None]], list[str]]:
-    """R (T+1 × groups), the key behind each cell and where each row came from."""
+@dataclass
+class Matrix:
+    """R (T+1 × groups), the log key behind each cell, and where each row was measured: a label
+    and the (stage result, validation) it came from."""
+
+    R: np.ndarray
+    keys: list[list[str | None]]
+    origin: list[str]
+    sources: list[tuple[StageResult, dict] | None]
+
+
+def build_matrix(run: Run, results: list[StageResult], warnings: list[str]) -> Matrix:
+    """The accuracy matrix from the stages' before/after validations."""
     T, G = len(results), len(run.groups)
     R = np.full((T + 1, G), np.nan)
     keys: list[list[str | None]] = [[None] * G for _ in range(T + 1)]
     origin = ["missing"] * (T + 1)
+    sources: list[tuple[StageResult, dict] | None] = [None] * (T + 1)
 
-    def fill(row: int, val: dict | None, label: str) -> bool:
+    def fill(row: int, res: StageResult, val: dict | None) -> bool:
         if not val:
             return False
         for j, g in enumerate(run.groups):
             if g in val["accuracy"]:
                 R[row, j] = val["accuracy"][g]
                 keys[row][j] = val["keys"][g]
-        origin[row] = label
+        origin[row] = f"{res.stage.name} step {val['step']}"
+        sources[row] = (res, val)
         return True
 
-    if results and not fill(0, results[0].before, f"{results[0].stage.name} step 0"):
+    if results and not fill(0, results[0], results[0].before):
         warnings.append("row 0 (base model): first stage has no before-training validation")
     for k, res in enumerate(results, start=1):
         name = res.stage.name
-        if fill(k, res.after, f"{name} step {res.after['step'] if res.after else '?'}"):
+        if fill(k, res, res.after):
             continue
-        nxt = results[k].before if k < T else None
-        if fill(k, nxt, f"{results[k].stage.name} step 0" if k < T else ""):
+        if k < T and fill(k, results[k], results[k].before):
             warnings.append(f"row {name}: taken from {results[k].stage.name}'s before-validation")
         elif res.stage.status not in ("pending",):
             warnings.append(f"row {name}: no accuracy after this stage")
@@ -153,7 +164,7 @@ def build_matrix(
                     f"cell {rows[i]} × {run.groups[j]} is the mean reward ({key}), not accuracy: "
                     f"no acc key in {origin[i]}" + _truncation_note(results, origin[i])
                 )
-    return R, keys, origin
+    return Matrix(R, keys, origin, sources)
 
 
 def _truncation_note(results: list[StageResult], origin: str) -> str:
@@ -206,6 +217,7 @@ class Analysis:
     metrics: dict | None
     per_round: dict | None
     F: np.ndarray
+    uncertainty: Uncertainty
     warnings: list[str]
 
     @property
@@ -229,7 +241,8 @@ def analyse(
     if weights:
         for res in results:
             _weights(res, run, warnings, workers)
-    R, keys, origin = build_matrix(run, results, warnings)
+    m = build_matrix(run, results, warnings)
+    R = m.R
     cur = Curriculum(tuple(run.groups), tuple(run.groups.index(st.group) for st in run.stages))
     measured = [k for k in range(1, R.shape[0]) if np.isfinite(R[k]).any()]
     t_used = measured[-1] if measured else 0
@@ -246,4 +259,7 @@ def analyse(
             )
     else:
         warnings.append("no stage has validation accuracy after training: no CL metrics")
-    return Analysis(run, results, R, keys, origin, cur, t_used, metrics, per_round, F, warnings)
+    unc = estimate(run, results, R, m.sources, cur, t_used, warnings)
+    return Analysis(
+        run, results, R, m.keys, m.origin, cur, t_used, metrics, per_round, F, unc, warnings
+    )

@@ -115,6 +115,10 @@ def report(
         )
 
 
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
 def _f(v: float | None, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
@@ -194,13 +198,31 @@ def matrix(run_dir: Path, as_json: bool) -> None:
     if not a.stages_used and not np.isfinite(R[0]).any():
         raise click.ClickException(f"{run_dir}: no validation accuracy in any stage log")
     rows = a.row_names
+    unc = a.uncertainty
     if as_json:
-        clean = [[None if not math.isfinite(v) else v for v in r] for r in R.tolist()]
-        click.echo(
-            json.dumps(
-                {"rows": rows, "columns": run.groups, "values": clean, "metrics": metrics}, indent=2
-            )
-        )
+        cells = [
+            [
+                {
+                    "mean": _num(R[i, j]),
+                    "lo": _num(unc.lo[i, j]),
+                    "hi": _num(unc.hi[i, j]),
+                    "n": unc.n[i][j],
+                }
+                for j in range(R.shape[1])
+            ]
+            for i in range(R.shape[0])
+        ]
+        out = {
+            "rows": rows,
+            "columns": run.groups,
+            "cells": cells,
+            "values": [[c["mean"] for c in row] for row in cells],
+            "interval_source": unc.source,
+            "metrics": metrics,
+            "metric_intervals": unc.metrics,
+            "noise_floor": unc.noise_floor,
+        }
+        click.echo(json.dumps(out, indent=2))
         return
     console = _console()
     table = Table(title=escape(f"Accuracy matrix R[stage][group]: {run.name}"))
@@ -213,16 +235,92 @@ def matrix(run_dir: Path, as_json: bool) -> None:
         for j, v in enumerate(R[i]):
             trained = i > 0 and run.groups.index(run.stages[i - 1].group) == j
             txt = _f(float(v), ".3f")
+            if math.isfinite(unc.lo[i, j]):
+                txt += f" [dim]±{(unc.hi[i, j] - unc.lo[i, j]) / 2:.3f}[/]"
             cells.append(f"[bold]{txt}[/]" if trained else txt)
         table.add_row(escape(name), *cells, escape(origin[i]))
     console.print(table)
+    console.print(f"[dim]± half-width of the 95 % interval, from {escape(unc.source)}[/]")
     if metrics:
         mt = Table(title="Transfer and forgetting (bold cells above = the stage's own group)")
         mt.add_column("metric")
         mt.add_column("value", justify="right")
+        mt.add_column("95 % interval", justify="right")
         mt.add_column("definition", overflow="fold")
         for k, text in DEFINITIONS.items():
-            mt.add_row(k, _f(metrics[k], "+.3f"), escape(text))
+            lo, hi = unc.metrics.get(k, (None, None))
+            ci = "–" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
+            mt.add_row(k, _f(metrics[k], "+.3f"), ci, escape(text))
         console.print(mt)
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+
+
+@main.command()
+@click.argument("runs", nargs=-1)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME=GLOB",
+    help="A condition: its name and the run directories (a glob) that make it (repeatable; "
+    "the first is the reference).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where compare.md, compare.json and plots/ go [the first run's parent/compare].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare(
+    runs: tuple[str, ...], labels: tuple[str, ...], out: Path | None, as_json: bool
+) -> None:
+    """Aggregate runs (one per seed) with intervals; with labels, the differences between them.
+
+    `cl-eval compare 'runs/tiny-s*'` aggregates one condition; `cl-eval compare --label
+    none='runs/none-s*' --label redo='runs/redo-s*'` also sets redo against none.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from cl_eval.analysis import analyse
+    from cl_eval.compare import compare as run_compare
+    from cl_eval.compare import expand, tables, write_outputs
+    from cl_eval.report import json_safe
+    from cl_eval.run import RunError
+
+    if runs and labels:
+        raise click.UsageError("give RUNS or --label NAME=GLOB, not both")
+    if not runs and not labels:
+        raise click.UsageError("name the runs to compare (paths or globs), or --label NAME=GLOB")
+    patterns: dict[str, list[str]] = {"runs": list(runs)} if runs else {}
+    for spec in labels:
+        name, sep, pattern = spec.partition("=")
+        if not sep or not name or not pattern:
+            raise click.UsageError(f"--label {spec!r}: write NAME=GLOB, e.g. redo='runs/redo-s*'")
+        patterns.setdefault(name, []).append(pattern)
+    conditions = {}
+    for name, pats in patterns.items():
+        dirs = [d for d in expand(pats) if d.is_dir()]
+        if not dirs:
+            raise click.UsageError(f"{name}: no run directory matches {' '.join(pats)}")
+        try:
+            conditions[name] = [analyse(d) for d in dirs]
+        except RunError as exc:
+            raise click.ClickException(str(exc)) from exc
+    result = run_compare(conditions)
+    if as_json:
+        click.echo(json.dumps(json_safe(result.as_dict()), indent=2))
+        return
+    console = _console()
+    for title, header, rows in tables(result):
+        table = Table(title=escape(title))
+        for i, col in enumerate(header):
+            table.add_column(escape(col), justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(escape(c) for c in row))
+        console.print(table)
+    first = next(iter(conditions.values()))[0].run.path
+    written = write_outputs(result, out or first.parent / "compare")
+    console.print(f"[green]wrote[/] {', '.join(escape(str(p)) for p in written)}")

@@ -109,12 +109,16 @@ def compute_metrics(
     for k in range(1, T + 1):
         seen = [j for j in range(len(cur.groups)) if cur.first(j, k) is not None]
         avg_acc.append(_mean([_cell(R, k, j) for j in seen]))
-    fwt_terms = []
+    bwt = bwt_at(R, cur, T)
+    old = _old_groups(cur, T)
+    bwt_terms: list[float | None] = [
+        _cell(R, T, j) - _cell(R, cur.last(j, T), j) if j in old else None
+        for j in range(len(cur.groups))
+    ]
+    fwt_terms: list[float | None] = []
     for j in range(len(cur.groups)):
         f = cur.first(j, T)
-        if f is not None and f > 1:
-            fwt_terms.append(_cell(R, f - 1, j) - float(ref[j]))
-    bwt = bwt_at(R, cur, T)
+        fwt_terms.append(_cell(R, f - 1, j) - float(ref[j]) if f is not None and f > 1 else None)
     return {
         "stages": T,
         "final_accuracy": _mean(list(R[T])),
@@ -127,7 +131,9 @@ def compute_metrics(
         "plasticity_gain_per_stage": gains,
         "bwt": bwt,
         "bwt_per_stage": [None] + [bwt_at(R, cur, k) for k in range(2, T + 1)],
-        "fwt": _mean(fwt_terms),
+        "fwt": _mean([t for t in fwt_terms if t is not None]),
+        "bwt_per_group": bwt_terms,
+        "fwt_per_group": fwt_terms,
         "forgetting_avalanche": None if bwt is None else -bwt,
         "forgetting_max": forgetting_max_at(R, cur, T),
         "forgetting_max_per_stage": [None]

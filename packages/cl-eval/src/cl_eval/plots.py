@@ -125,16 +125,28 @@ def training_metrics(stages: Sequence[StageSeries], out: Path, title: str) -> Pa
     return _save(fig, out)
 
 
-def _annotated(ax: plt.Axes, M: np.ndarray, fmt: str, cmap: str, vmin: float, vmax: float) -> None:
+def _annotated(
+    ax: plt.Axes,
+    M: np.ndarray,
+    fmt: str,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    half: np.ndarray | None = None,
+) -> None:
+    """Heatmap with each cell's value written in it (and ``±half-width`` under it, if given)."""
     im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     mid = (vmin + vmax) / 2
     for (i, j), v in np.ndenumerate(M):
         if not math.isnan(v):
             dark = v < mid if cmap == "viridis" else abs(v - mid) > 0.6 * (vmax - mid)
+            text = format(v, fmt)
+            if half is not None and math.isfinite(half[i, j]):
+                text += f"\n±{half[i, j]:{fmt[1:]}}"
             ax.text(
                 j,
                 i,
-                format(v, fmt),
+                text,
                 ha="center",
                 va="center",
                 fontsize=8,
@@ -144,11 +156,17 @@ def _annotated(ax: plt.Axes, M: np.ndarray, fmt: str, cmap: str, vmin: float, vm
 
 
 def accuracy_matrix(
-    R: np.ndarray, rows: Sequence[str], cols: Sequence[str], out: Path, title: str
+    R: np.ndarray,
+    half: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    out: Path,
+    title: str,
 ) -> Path:
-    """Annotated heatmap of R (rows: base + each stage; columns: groups)."""
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(cols), 1.2 + 0.42 * len(rows)))
-    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0)
+    """Annotated heatmap of R (rows: base + each stage; columns: groups), each cell with the
+    half-width of its 95 % interval."""
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(cols), 1.2 + 0.6 * len(rows)))
+    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0, half)
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("evaluated group")
@@ -159,6 +177,7 @@ def accuracy_matrix(
 
 def forgetting(
     R: np.ndarray,
+    bands: tuple[np.ndarray, np.ndarray],
     F: np.ndarray,
     rows: Sequence[str],
     cols: Sequence[str],
@@ -166,15 +185,18 @@ def forgetting(
     out: Path,
     title: str,
 ) -> Path:
-    """Per-group accuracy across stages, per-stage BWT/forgetting, and the forgetting matrix."""
+    """Per-group accuracy across stages (with its 95 % band), per-stage BWT/forgetting, and the
+    forgetting matrix."""
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw={"width_ratios": [3, 3, 2]})
     x = np.arange(len(rows))
+    lo, hi = bands
     for j, g in enumerate(cols):
-        a1.plot(x, R[:, j], "o-", ms=4, label=g)
+        (line,) = a1.plot(x, R[:, j], "o-", ms=4, label=g)
+        a1.fill_between(x, lo[:, j], hi[:, j], color=line.get_color(), alpha=0.15, lw=0)
     a1.set_xticks(x, rows, rotation=45, ha="right", fontsize=8)
     a1.set_ylim(-0.02, 1.02)
     a1.set_ylabel("validation accuracy")
-    a1.set_title("Accuracy of each group after each stage")
+    a1.set_title("Accuracy of each group after each stage (bands: 95 % intervals)")
     a1.legend(fontsize=8)
     for name, vals in per_stage.items():
         ys = [np.nan if v is None else v for v in vals]
@@ -228,4 +250,24 @@ def weight_change(
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no checkpoints", ha="center", transform=axes[0, 0].transAxes)
     fig.suptitle(title)
+    return _save(fig, out)
+
+
+def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
+    ``per_label[label][i]`` has ``mean``, ``lo``, ``hi`` for ``keys[i]``."""
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
+    width = 0.8 / max(len(per_label), 1)
+    x = np.arange(len(keys))
+    for n, (label, ests) in enumerate(per_label.items()):
+        mean = np.array([np.nan if e.mean is None else e.mean for e in ests], dtype=float)
+        lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
+        hi = np.array([np.nan if e.hi is None else e.hi for e in ests], dtype=float)
+        err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
+        ax.bar(x + (n - (len(per_label) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
+               label=label)  # fmt: skip
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xticks(x, list(keys), rotation=20, ha="right")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     return _save(fig, out)

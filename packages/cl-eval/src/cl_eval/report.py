@@ -16,28 +16,56 @@ import numpy as np
 from cl_eval.analysis import Analysis, StageResult, analyse
 from cl_eval.matrix import DEFINITIONS
 from cl_eval.run import Run
+from cl_eval.stats import excludes_zero
 from countdown_data.atomic import write_atomic
 
 SCHEMA_VERSION = 1
 
 
-def _clean(obj: object) -> object:
+def json_safe(obj: object) -> object:
     """JSON-safe copy: NaN/inf become null (strict JSON readers reject them)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, np.generic):
-        return _clean(obj.item())
+        return json_safe(obj.item())
     return obj
 
 
 def write_json(path: Path, obj: object) -> None:
-    write_atomic(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
+
+
+def _ci(v: float, lo: float, hi: float) -> str:
+    if not math.isfinite(v):
+        return "–"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{v:.3f}"
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _interval_cells(interval: tuple[float | None, float | None] | None) -> list[str]:
+    """``[lo, hi]`` and whether it excludes 0 (``yes``/``no``), or dashes."""
+    if interval is None or interval[0] is None or interval[1] is None:
+        return ["–", "–"]
+    return [f"[{_signed(interval[0])}, {_signed(interval[1])}]", _yes(excludes_zero(interval))]
+
+
+def _yes(flag: bool | None) -> str:
+    return "–" if flag is None else ("yes" if flag else "no")
+
+
+def _metric_row(metrics: dict, intervals: dict, key: str, j: int) -> list[str]:
+    values = metrics.get(key) or []
+    v = values[j] if j < len(values) else None
+    if v is None or not math.isfinite(v):
+        return ["–", "–", "–"]
+    return [_signed(v), *_interval_cells(intervals.get(f"{key}[{j + 1}]"))]
 
 
 def _fmt(v: object, nd: int = 3) -> str:
@@ -219,11 +247,18 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
             "rows": a.row_names,
             "columns": run.groups,
             "values": a.R,
+            "lo": a.uncertainty.lo,
+            "hi": a.uncertainty.hi,
+            "n": a.uncertainty.n,
+            "interval_method": a.uncertainty.method,
             "keys": a.keys,
             "row_source": a.origin,
             "stages_used": a.stages_used,
         },
+        "interval_source": a.uncertainty.source,
         "metrics": a.metrics,
+        "metric_intervals": a.uncertainty.metrics,
+        "noise_floor": a.uncertainty.noise_floor,
         "per_round": a.per_round,
         "forgetting_matrix": a.F,
         "definitions": DEFINITIONS,
@@ -278,6 +313,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
     )
     figs["matrix"] = plots.accuracy_matrix(
         a.R,
+        (a.uncertainty.hi - a.uncertainty.lo) / 2,
         a.row_names,
         run.groups,
         plot_dir / f"accuracy_matrix_{size}.png",
@@ -293,6 +329,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
         }
     figs["forgetting"] = plots.forgetting(
         a.R,
+        (a.uncertainty.lo, a.uncertainty.hi),
         a.F,
         a.row_names,
         run.groups,
@@ -346,16 +383,23 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
     if warnings:
         d.h(2, "Warnings (partial data)")
         d.ul(warnings)
+    unc = a.uncertainty
     d.h(2, "Accuracy matrix")
     d.p(
         "R[i][j] = validation accuracy on group j (columns) after stage i (rows); row `base` "
-        "is the first stage's validation before any training."
+        "is the first stage's validation before any training. Each cell: the estimate and its "
+        f"95 % interval, from {unc.source}; n = puzzles (or answers) behind the cell."
     )
     d.table(
-        ["after stage", *run.groups, "source"],
+        ["after stage", *run.groups, "n", "source"],
         [
-            [name, *(_fmt(float(v)) for v in R[i]), origin[i]]
-            for i, name in enumerate(["base"] + [st.name for st in run.stages])
+            [
+                name,
+                *(_ci(float(v), unc.lo[i, j], unc.hi[i, j]) for j, v in enumerate(R[i])),
+                "/".join(str(n) if n else "–" for n in unc.n[i]),
+                origin[i],
+            ]
+            for i, name in enumerate(a.row_names)
         ],
     )
     if "matrix" in figs:
@@ -368,9 +412,27 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
             "first (FWT)."
         )
         d.table(
-            ["metric", "value", "definition"],
-            [[k, _fmt(metrics[k]), DEFINITIONS[k]] for k in DEFINITIONS],
+            ["metric", "value", "95 % interval", "excludes 0", "definition"],
+            [
+                [k, _fmt(metrics[k]), *_interval_cells(unc.metrics.get(k)), DEFINITIONS[k]]
+                for k in DEFINITIONS
+            ],
         )
+        d.h(3, "Per group: forgetting and transfer")
+        d.p(
+            "R[T][j] − R[last(j)][j] (negative: forgotten since the group was last trained) and "
+            "R[first(j)−1][j] − R[0][j] (what earlier stages did for the group before it was "
+            "trained), each with its paired 95 % interval."
+        )
+        d.table(
+            ["group", "since last trained", "95 % interval", "excludes 0",
+             "before first trained", "95 % interval", "excludes 0"],
+            [
+                [g, *_metric_row(metrics, unc.metrics, "bwt_per_group", j),
+                 *_metric_row(metrics, unc.metrics, "fwt_per_group", j)]
+                for j, g in enumerate(run.groups)
+            ],
+        )  # fmt: skip
         if per_round and len(per_round) > 1:
             d.h(3, "Per round (rows: before the round .. end of the round; FWT vs base)")
             keys = ["final_accuracy", "learning_accuracy", "bwt", "fwt", "forgetting_max"]
@@ -380,6 +442,28 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
             )
         if "forgetting" in figs:
             d.img(_rel(figs["forgetting"], run.path) or "", "forgetting")
+    if unc.noise_floor:
+        d.h(2, "Noise floor")
+        d.p(
+            "Stage k's last validation and stage k+1's first validate the same weights: their "
+            "difference is what sampling alone does. A difference whose interval excludes 0 is "
+            "flagged: more than sampling explains (non-determinism, or a chaining bug)."
+        )
+        d.table(
+            ["boundary", "group", "difference", "95 % interval", "n", "method", "flag"],
+            [
+                [
+                    e["boundary"],
+                    e["group"],
+                    _signed(e["diff"]),
+                    f"[{_signed(e['lo'])}, {_signed(e['hi'])}]",
+                    str(e["n"]),
+                    e["method"],
+                    "**beyond sampling**" if e["flag"] else "",
+                ]
+                for e in unc.noise_floor
+            ],
+        )
     d.h(2, "Stages")
     rows = []
     for k, res in enumerate(results, start=1):
@@ -397,6 +481,7 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
                 _fmt(float(before)),
                 _fmt(float(after)),
                 _signed(float(after - before)) if np.isfinite(after - before) else "–",
+                _interval_cells(unc.metrics.get(f"plasticity_gain_per_stage[{k}]"))[0],
                 _fmt(res.train.get("score", {}).get("last")),
                 _fmt(res.train.get("response_length", {}).get("mean"), 1),
                 _sci(ws.get("rel_l2")),
@@ -414,6 +499,7 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
             "acc before",
             "acc after",
             "gain",
+            "gain 95 % interval",
             "last score",
             "mean resp len",
             "Δw rel (stage)",

@@ -29,6 +29,7 @@ class Stage:
     log: Path | None = None
     initial_model: Path | None = None
     final_model: Path | None = None
+    validation_dir: Path | None = None
     global_steps: int | None = None
 
     @property
@@ -78,7 +79,7 @@ def _manifest_problem(m: Any) -> str | None:
             return f"stage #{i} is not an object"
         if not isinstance(st.get("group"), str) or not isinstance(st.get("round", 1), int):
             return f"stage #{i} has no group/round"
-        for key in ("log", "initial_model", "final_model", "status", "name"):
+        for key in ("log", "initial_model", "final_model", "validation_dir", "status", "name"):
             if st.get(key) is not None and not isinstance(st[key], str):
                 return f"stage #{i} {key} is {type(st[key]).__name__}, not a path or name"
     return None
@@ -133,6 +134,7 @@ def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
             log=_existing(path, raw.get("log") or layout.log),
             initial_model=_existing(path, raw.get("initial_model") or layout.initial_model),
             final_model=_existing(path, raw.get("final_model") or layout.final_model),
+            validation_dir=_existing(path, raw.get("validation_dir") or layout.validation_dir),
             global_steps=steps if isinstance(steps := raw.get("global_steps"), int) else None,
         )
         stages.append(st)
@@ -172,6 +174,7 @@ def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
     for i, st in enumerate(stages):
         st.index = i
         st.status = "done" if st.final_model is not None else "unknown"
+        st.validation_dir = _existing(path, Layout(i, st.round, st.group).validation_dir)
     if stages:
         warnings.append("no run.json; stages discovered from logs/ and metrics/ file names")
         _note_gaps(stages, groups, warnings)
