@@ -1,7 +1,7 @@
 """End to end on CPU: data → continual training (local backend, tiny model) → cl-eval.
 
-A reduced curriculum (2 groups × 1 round, 2 steps per stage) through the real command lines; the
-artifacts are what a researcher relies on, so those are what is asserted.
+A reduced curriculum (2 groups × 1 round, 2 steps per stage, ReDo between the stages) through the
+real command lines; the artifacts are what a researcher relies on, so those are what is asserted.
 """
 
 import json
@@ -43,6 +43,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(BIN / "cl-trainer"), "--size", "tiny", "--groups", ",".join(GROUPS),
         "--data-dir", str(data), "--out", str(run), "--no-wandb",
         "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
+        "--between-stages", "redo:tau=0.1",
         "--", "data.train_max_samples=16", "data.val_max_samples=16", cwd=work,
     )
     _run(str(BIN / "cl-eval"), "report", "--run", str(run), cwd=work)
@@ -88,3 +89,23 @@ def test_report_and_plots_are_written(run_dir: Path) -> None:
         assert png.stat().st_size > 10_000, png
     consolidated = json.loads((run_dir / "metrics" / "consolidated_metrics_tiny.json").read_text())
     assert consolidated["accuracy_matrix"]["columns"] == list(GROUPS)
+
+
+def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["config"]["between_stages"] == ["redo:tau=0.1"]
+    first, second = manifest["stages"]
+    assert first["remedies"] == []
+    (record,) = second["remedies"]
+    assert record["name"] == "redo" and record["params"] == {"tau": 0.1}
+    assert len(record["changed"]["reset_units_per_layer"]) == 3
+    # The stage trained from the transformed model, which cl-eval sees as its initial model.
+    assert (run_dir / "metrics" / "initial_1_plus_minus" / "model.safetensors").is_file()
+    assert not (run_dir / "metrics" / "initial_1_plus_minus").is_symlink()
+    report = (run_dir / "report.md").read_text()
+    assert "## Plasticity" in report and "dormant τ=0" in report and "Soft accuracy" in report
+    consolidated = json.loads((run_dir / "metrics" / "consolidated_metrics_tiny.json").read_text())
+    probes = consolidated["plasticity"]["probes"]
+    assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
+    assert probes[2]["kl_moved"]["plus_minus"] >= 0
+    assert (run_dir / "plots" / "plasticity_tiny.png").stat().st_size > 10_000

@@ -93,7 +93,7 @@ def test_report_end_to_end(full_run) -> None:
     assert "![accuracy matrix](plots/accuracy_matrix_tiny.png)" in md
     assert "BWT (GEM" in md and "Chaudhry" in md
     page = (full_run / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 6  # + plasticity and forgetting vs KL
 
 
 def test_partial_run_warns_and_reports(tmp_path, full_run) -> None:

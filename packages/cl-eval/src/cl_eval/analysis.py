@@ -14,6 +14,7 @@ import numpy as np
 
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
+from cl_eval.plasticity import Plasticity, measure
 from cl_eval.run import Run, RunError, Stage, load_run
 from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
@@ -218,6 +219,7 @@ class Analysis:
     per_round: dict | None
     F: np.ndarray
     uncertainty: Uncertainty
+    plasticity: Plasticity | None
     warnings: list[str]
 
     @property
@@ -226,9 +228,15 @@ class Analysis:
 
 
 def analyse(
-    run_dir: Path, size: str | None = None, *, weights: bool = False, workers: int | None = None
+    run_dir: Path,
+    size: str | None = None,
+    *,
+    weights: bool = False,
+    workers: int | None = None,
+    probe: bool = True,
 ) -> Analysis:
-    """Analyse ``run_dir``; ``weights`` also diffs every stage's checkpoints (streamed)."""
+    """Analyse ``run_dir``. ``weights`` also reads every stage's checkpoints (the slow part):
+    weight change and plasticity diagnostics, with forward passes on a probe set if ``probe``."""
     run = load_run(run_dir, size)
     warnings = list(run.warnings)
     results = [analyse_stage(st, run.groups, warnings) for st in run.stages]
@@ -260,6 +268,7 @@ def analyse(
     else:
         warnings.append("no stage has validation accuracy after training: no CL metrics")
     unc = estimate(run, results, R, m.sources, cur, t_used, warnings)
+    plast = measure(run, results, probe=probe) if weights else None
     return Analysis(
-        run, results, R, m.keys, m.origin, cur, t_used, metrics, per_round, F, unc, warnings
+        run, results, R, m.keys, m.origin, cur, t_used, metrics, per_round, F, unc, plast, warnings
     )

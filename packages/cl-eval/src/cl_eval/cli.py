@@ -79,6 +79,12 @@ def _run_dirs(runs: tuple[Path, ...], model_size: str | None, runs_root: Path) -
     default=True,
     help="Compute weight change between checkpoints (the slow part).",
 )
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    help="Activation diagnostics (forward passes of every checkpoint on a probe set; needs "
+    "cl-eval[probe]; slow on CPU for real models).",
+)
 @click.option("--html", "write_html", is_flag=True, help="Also write a self-contained report.html.")
 @click.option(
     "--workers",
@@ -91,6 +97,7 @@ def report(
     model_size: str | None,
     runs_root: Path,
     weights: bool,
+    probe: bool,
     write_html: bool,
     workers: int | None,
 ) -> None:
@@ -104,7 +111,7 @@ def report(
     for d in _run_dirs(runs, model_size, runs_root):
         try:
             res = build_report(
-                d, model_size, weights=weights, write_html=write_html, workers=workers
+                d, model_size, weights=weights, write_html=write_html, workers=workers, probe=probe
             )
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc

@@ -271,3 +271,85 @@ def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, 
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, out)
+
+
+def plasticity(
+    rows: Sequence[str],
+    dormant: tuple[list[int], np.ndarray] | None,
+    ranks: tuple[list[int], np.ndarray],
+    soft: tuple[Sequence[str], np.ndarray] | None,
+    overlap: tuple[list[str], list[str], np.ndarray] | None,
+    out: Path,
+    title: str,
+) -> Path:
+    """Four panels: dormant MLP units and effective rank per layer after each stage, the
+    soft-accuracy matrix, and the top-1 % overlap of consecutive stages' updates per module."""
+    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
+    panels = [
+        ("Dormant MLP units (τ = 0.025), per layer", dormant, "magma", "fraction"),
+        ("Effective rank of MLP matrices, per layer", ranks, "viridis", "effective rank"),
+    ]
+    for ax, (heading, data, cmap, label) in zip(axes[:2], panels, strict=True):
+        if data is None or not np.isfinite(data[1]).any():
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes, color="0.5")
+            ax.set_axis_off()
+            continue
+        layers, M = data
+        im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, aspect="auto", origin="lower")
+        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+        ax.set_xticks(range(len(rows)), list(rows), rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, fraction=0.046, label=label)
+        ax.set_title(heading, fontsize=9)
+    ax = axes[2]
+    if soft is None:
+        ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes, color="0.5")
+        ax.set_axis_off()
+    else:
+        cols, S = soft
+        finite = S[np.isfinite(S)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        _annotated(ax, S, ".2f", "viridis", lo, hi if hi > lo else lo + 1)
+        ax.set_xticks(range(len(cols)), list(cols), rotation=20, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
+        ax.set_title("Soft accuracy: mean log-likelihood of reference solutions", fontsize=9)
+    ax = axes[3]
+    if overlap is None:
+        ax.text(0.5, 0.5, "fewer than 2 stages", ha="center", transform=ax.transAxes, color="0.5")
+        ax.set_axis_off()
+    else:
+        bounds, mods, shared = overlap
+        _annotated(ax, shared, ".2f", "viridis", 0.0, max(0.05, float(np.nanmax(shared))))
+        ax.set_xticks(range(len(mods)), list(mods), rotation=45, fontsize=8)
+        ax.set_yticks(range(len(bounds)), list(bounds), fontsize=7)
+        ax.set_title("Top-1 % |Δ| overlap of consecutive stages (chance ≈ 0.005)", fontsize=9)
+    fig.suptitle(title)
+    return _save(fig, out)
+
+
+def kl_forgetting(points: Sequence[tuple[str, str, float, float]], out: Path, title: str) -> Path:
+    """Change of each earlier group's accuracy in a stage against the KL that stage moved on its
+    own group, with the least-squares line and its R²."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if points:
+        x = np.array([p[2] for p in points])
+        y = np.array([p[3] for p in points])
+        groups = sorted({p[1] for p in points})
+        for g in groups:
+            sel = [i for i, p in enumerate(points) if p[1] == g]
+            ax.scatter(x[sel], y[sel], label=g, s=25)
+        if len(points) >= 3 and np.ptp(x) > 0:
+            slope, intercept = np.polyfit(x, y, 1)
+            fit = slope * x + intercept
+            ss = float(((y - y.mean()) ** 2).sum())
+            r2 = 1 - float(((y - fit) ** 2).sum()) / ss if ss else float("nan")
+            xs = np.linspace(x.min(), x.max(), 20)
+            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1, label=f"fit, R² = {r2:.2f}")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("KL moved by the stage on its own group (per token)")
+    ax.set_ylabel("accuracy change of an earlier group")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, out)

@@ -15,6 +15,7 @@ import numpy as np
 
 from cl_eval.analysis import Analysis, StageResult, analyse
 from cl_eval.matrix import DEFINITIONS
+from cl_eval.plasticity import Plasticity, kl_forgetting_points
 from cl_eval.run import Run
 from cl_eval.stats import excludes_zero
 from countdown_data.atomic import write_atomic
@@ -169,9 +170,10 @@ def build_report(
     weights: bool = True,
     write_html: bool = False,
     workers: int | None = None,
+    probe: bool = True,
 ) -> ReportResult:
     """Everything ``cl-eval report`` writes, for one run directory."""
-    a = analyse(run_dir, size, weights=weights, workers=workers)
+    a = analyse(run_dir, size, weights=weights, workers=workers, probe=probe)
     entries = [stage_entry(a.run, res) for res in a.results]
     outputs = write_stage_metrics(a, entries)
     consolidated = consolidated_metrics(a, entries)
@@ -259,6 +261,9 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
         "metrics": a.metrics,
         "metric_intervals": a.uncertainty.metrics,
         "noise_floor": a.uncertainty.noise_floor,
+        "plasticity": None
+        if a.plasticity is None
+        else {**a.plasticity.as_dict(), "kl_forgetting": _kl_points(a)},
         "per_round": a.per_round,
         "forgetting_matrix": a.F,
         "definitions": DEFINITIONS,
@@ -353,7 +358,115 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             plot_dir / f"weight_change_{size}.png",
             f"{title}: relative L2 weight change per layer × module (grey = unchanged)",
         )
+    if a.plasticity is not None:
+        p = a.plasticity
+        figs["plasticity"] = plots.plasticity(
+            p.rows,
+            _dormant_matrix(p),
+            p.rank_matrix(),
+            _soft_matrix(a),
+            _overlap_matrix(p),
+            plot_dir / f"plasticity_{size}.png",
+            f"{title}: plasticity",
+        )
+        figs["kl"] = plots.kl_forgetting(
+            _kl_points(a), plot_dir / f"kl_forgetting_{size}.png", f"{title}: forgetting vs KL"
+        )
     return figs
+
+
+OVERLAP_MODULES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "all")
+
+
+def _kl_points(a: Analysis) -> list[tuple[str, str, float, float]]:
+    if a.plasticity is None:
+        return []
+    cols = [a.run.groups.index(st.group) for st in a.run.stages]
+    return kl_forgetting_points(a.plasticity, a.R, cols, a.run.groups)
+
+
+def _dormant_matrix(p: Plasticity, tau: float = 0.025) -> tuple[list[int], np.ndarray] | None:
+    if not p.probes:
+        return None
+    layers = len(p.probes[0].dormant.get(tau, []))
+    M = np.full((layers, len(p.rows)), np.nan)
+    for r, pr in enumerate(p.probes):
+        M[:, r] = pr.dormant.get(tau, [np.nan] * layers)
+    return list(range(layers)), M
+
+
+def _soft_matrix(a: Analysis) -> tuple[list[str], np.ndarray] | None:
+    p = a.plasticity
+    if p is None or not p.probes:
+        return None
+    S = np.array([[pr.soft_accuracy.get(g, np.nan) for g in a.run.groups] for pr in p.probes])
+    return a.run.groups, S
+
+
+def _overlap_matrix(p: Plasticity) -> tuple[list[str], list[str], np.ndarray] | None:
+    bounds = [(f"{p.rows[k + 1]}→{p.rows[k + 2]}", g) for k, g in enumerate(p.geometry) if g]
+    if not bounds:
+        return None
+    M = np.array([[g.overlap.get(m, np.nan) for m in OVERLAP_MODULES] for _, g in bounds])
+    return [b for b, _ in bounds], list(OVERLAP_MODULES), M
+
+
+def _plasticity_section(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    p = a.plasticity
+    assert p is not None
+    d.h(2, "Plasticity")
+    d.p(
+        "What each stage could still learn, beside what it forgot. Weights: mean effective rank "
+        "of the MLP matrices (Roy & Vetterli), total weight norm, and how a stage's update lines "
+        "up with the next one's (cosine; Jaccard overlap of their top-1 % |Δ| coordinates, "
+        "chance ≈ 0.005). Activations on a fixed probe of test prompts: τ-dormant MLP units "
+        "(Sokar et al.), feature rank srank (Kumar et al.), and the KL(after ‖ before) per token "
+        "a stage moved on the reference solutions of its own group."
+    )
+    probes = p.probes or []
+    rows = []
+    for r, name in enumerate(p.rows):
+        pr = probes[r] if r < len(probes) else None
+        geo = p.geometry[r - 1] if 1 <= r <= len(p.geometry) else None
+        own = a.run.stages[r - 1].group if r else None
+        norm, prev = p.total_norm(r), p.total_norm(r - 1) if r else None
+        rows.append(
+            [
+                name,
+                *([f"{100 * pr.dormant_overall[t]:.1f}%" for t in (0.0, 0.025, 0.1)]
+                  if pr else ["–"] * 3),
+                str(pr.srank) if pr else "–",
+                _fmt(p.mean_rank(r), 1),
+                "–" if norm is None else f"{norm:.2f}"
+                + (f" (×{norm / prev:.3f})" if prev else ""),
+                _fmt(pr.kl_moved.get(own)) if pr and own else "–",
+                _fmt(geo.cosine.get("all")) if geo else "–",
+                _fmt(geo.overlap.get("all")) if geo else "–",
+            ]
+        )  # fmt: skip
+    d.table(
+        ["after stage", "dormant τ=0", "τ=0.025", "τ=0.1", "srank", "MLP eff. rank",
+         "weight norm", "KL moved (own group)", "update cos → next", "top-1 % overlap → next"],
+        rows,
+    )  # fmt: skip
+    soft = _soft_matrix(a)
+    if soft is not None:
+        d.h(3, "Soft accuracy")
+        d.p(
+            "Mean log-likelihood per token of the reference solutions (countdown-data's SFT "
+            "export) of each group's probe puzzles, teacher-forced: deterministic, so it moves "
+            "before sampled accuracy does."
+        )
+        cols, S = soft
+        d.table(
+            ["after stage", *cols],
+            [[name, *(_fmt(float(v)) for v in S[i])] for i, name in enumerate(p.rows)],
+        )
+    for key, alt in (("plasticity", "plasticity"), ("kl", "forgetting vs KL")):
+        if key in figs:
+            d.img(_rel(figs[key], a.run.path) or "", alt)
+    if p.notes:
+        d.ul(p.notes)
 
 
 def _rel(p: Path | None, root: Path) -> str | None:
@@ -442,6 +555,8 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
             )
         if "forgetting" in figs:
             d.img(_rel(figs["forgetting"], run.path) or "", "forgetting")
+    if a.plasticity is not None:
+        _plasticity_section(d, a, figs)
     if unc.noise_floor:
         d.h(2, "Noise floor")
         d.p(

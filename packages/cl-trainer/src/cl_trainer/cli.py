@@ -104,6 +104,11 @@ def _option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[...
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if f.name == "groups":
         return click.option(flag, f.name, callback=_groups, help=help_text)
+    if kind == list[str]:  # repeatable; an empty tuple means "the preset's"
+        return click.option(
+            flag, f.name, multiple=True, callback=lambda _c, _p, v: list(v) or None,
+            help=help_text,
+        )  # fmt: skip
     if meta["choices"]:
         typ: Any = click.Choice(list(meta["choices"]))
     elif kind is int:

@@ -19,6 +19,7 @@ from typing import Any
 
 from cl_trainer.errors import TrainerError
 from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.remedies import parse_all
 from countdown_data.dataset import DEFAULT_DATA_DIR
 from countdown_data.groups import GROUPS, check_group
 from countdown_data.runs import PROJECT
@@ -151,6 +152,12 @@ class TrainerConfig:
         "(actor, as the original experiments) or the previous stage's critic (chain).",
         choices=("actor", "chain"),
     )
+    between_stages: list[str] = setting(
+        (),
+        "A remedy for plasticity loss applied between stages, name[:key=value,...] "
+        "(repeatable; none by default): shrink-perturb:lambda=0.8,sigma=0.01[,toward=base], "
+        "redo:tau=0.025, replay:fraction=0.25.",
+    )
     keep_checkpoints: int = setting(
         1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
     )
@@ -245,6 +252,7 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
         values["groups"] = [check_group(g) for g in values["groups"]]
     except ValueError as exc:
         raise TrainerError(str(exc)) from None
+    values["between_stages"] = [r.spec for r in parse_all(list(values["between_stages"]))]
     out = Path(values["out"]) if values["out"] is not None else Path("runs") / size
     values["out"] = str(out.expanduser().resolve())
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())

@@ -30,10 +30,19 @@ from cl_trainer.checks import check_disk
 from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
 from cl_trainer.errors import TrainerError
 from cl_trainer.manifest import config_diff, new_manifest, now, read_manifest, write_manifest
+from cl_trainer.overrides import data_template, replayed_groups
 from cl_trainer.presets import TINY_MODEL_SENTINEL
+from cl_trainer.remedies import (
+    REDO_PROBE_PROMPTS,
+    apply_weight_remedies,
+    replay_fraction,
+    transforms_weights,
+    write_replay,
+)
 from cl_trainer.stages import Stage, StagePlan, stage_plan
 from cl_trainer.tracking import secret_env, wandb_env
 from countdown_data.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
+from countdown_data.dataset import load_rows, split_path
 from countdown_data.runs import MANIFEST
 
 ERROR_TAIL_LINES = 40
@@ -317,11 +326,54 @@ class Engine:
             return hub_snapshot(self.cfg.model)
         return Path(self.cfg.model)
 
-    def _check_start(self, plan: StagePlan) -> None:
+    def _prepare(self, plan: StagePlan, base: Path) -> Path:
+        """The stage's inputs: its initial model (linked, or transformed by a remedy) and its
+        replay file. Returns the model the stage's initial model comes from."""
+        stage, cfg = plan.stage, self.cfg
+        rec = self._record(stage)
+        previous = [p.stage for p in self.plans() if p.stage.index == stage.index - 1]
+        source = base if not previous else self.run_dir / previous[0].final_model
+        self._check_start(plan, source)
+        initial = self.run_dir / stage.initial_model
+        specs = cfg.between_stages
+        if transforms_weights(specs) and stage.index:
+            if not (rec.get("remedies") and checkpoints.has_weights(initial)):  # not on resume
+                self.reporter.note(f"[{stage.name}] applying {', '.join(specs)} to {source}")
+                rows = load_rows(Path(cfg.data_dir), stage.group, "train")[:REDO_PROBE_PROMPTS]
+                rec["remedies"] = apply_weight_remedies(
+                    specs,
+                    source,
+                    initial,
+                    base=base,
+                    probe=[list(r["prompt"]) for r in rows],
+                    template=data_template(cfg.data_dir),
+                    seed=cfg.seed + stage.index,
+                )
+        else:
+            link_model_dir(source, initial, fallback="symlink")
+        earlier = replayed_groups(cfg, stage)
+        fraction = replay_fraction(specs)
+        if earlier and fraction is not None:
+            data = Path(cfg.data_dir)
+            changed = write_replay(
+                split_path(data, stage.group, "train"),
+                [split_path(data, g, "train") for g in earlier],
+                fraction,
+                self.run_dir / stage.replay_file,
+                seed=cfg.seed + stage.index,
+            )
+            entry = {"name": "replay", "params": {"fraction": fraction}, "changed": changed}
+            rec["remedies"] = [r for r in rec.get("remedies") or [] if r["name"] != "replay"]
+            rec["remedies"].append(entry | {"changed": changed | {"from": earlier}})
+        self._save()
+        return source
+
+    def _check_start(self, plan: StagePlan, source: Path) -> None:
         """The previous stage's exports this stage starts from must be there."""
         if plan.stage.index == 0:
             return
-        for path, what in ((plan.actor, "actor"), (plan.critic, "critic")):
+        critic = plan.critic if self.cfg.critic_init == "chain" else None
+        for path, what in ((str(source), "actor"), (critic, "critic")):
             if path is not None and not checkpoints.has_weights(Path(path)):
                 raise TrainerError(
                     f"{path} (the {what} this stage starts from) has no weights although the "
@@ -369,10 +421,8 @@ class Engine:
     def _run_stage(self, plan: StagePlan, base: Path, total: int) -> int:
         stage = plan.stage
         rec = self._record(stage)
-        self._check_start(plan)
-        start = base if stage.index == 0 else Path(plan.actor)
+        start = self._prepare(plan, base)
         check_disk(self.cfg, str(start), stages_after=total - stage.index - 1)
-        link_model_dir(start, self.run_dir / stage.initial_model, fallback="symlink")
         ckpt = self.run_dir / stage.checkpoint_dir
         resumed = rec["status"] in ("running", "failed", "interrupted")
         rec.update(status="running", exit_code=None, signal=None, error_tail=None, finished_at=None)

@@ -63,6 +63,7 @@ def stage_record(stage: Stage) -> dict[str, Any]:
         "signal": None,
         "error_tail": None,
         "global_steps": None,
+        "remedies": [],
     }
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from cl_trainer.config import SETTINGS, TrainerConfig
+from cl_trainer.remedies import replay_fraction
 from countdown_data.dataset import read_manifest, split_path
 from countdown_data.generate import GenConfig
 from countdown_data.runs import PROJECT, Stage
-from countdown_data.templates import COMPLETION_TEMPLATES
+from countdown_data.templates import COMPLETION_TEMPLATES, PASS_THROUGH_CHAT_TEMPLATE
 
 BACKEND_MODULES = {"verl": "verl.trainer.main_ppo", "local": "cl_trainer.local"}
 REWARD_MODULE = "countdown_reward"
@@ -28,10 +29,6 @@ REWARD_FUNCTION = "compute_score_with_acc"
 CHECKPOINT_SAVE_CONTENTS = "[model,optimizer,extra,hf_model]"
 """``hf_model`` makes veRL export ``global_step_N/<role>/huggingface``: the stage's final model."""
 CHECKPOINT_LOAD_CONTENTS = "[model,optimizer,extra]"
-PASS_THROUGH_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
-"""veRL always renders prompts with a chat template; this one renders the messages' text only, so a
-completion-style prompt reaches the model as the original experiments fed it (no ChatML turn, no
-default system prompt)."""
 BACKEND_CMD_ENV = "CL_TRAINER_BACKEND_CMD"
 """Replaces ``<python> -m <backend module>`` (shell words); the tests' stand-in for veRL uses it."""
 
@@ -89,6 +86,21 @@ def data_template(data_dir: str | Path) -> str:
         return GenConfig().template
 
 
+def replayed_groups(cfg: TrainerConfig, stage: Stage) -> list[str]:
+    """The groups a stage's replay draws from: every group trained before it but its own."""
+    if replay_fraction(cfg.between_stages) is None:
+        return []
+    order = [g for _ in range(cfg.rounds) for g in cfg.groups][: stage.index]
+    return [g for g in dict.fromkeys(order) if g != stage.group]
+
+
+def train_file(cfg: TrainerConfig, stage: Stage) -> Path:
+    """The stage's group's training split, or its replay mix (built by the engine)."""
+    if replayed_groups(cfg, stage):
+        return cfg.run_dir / stage.replay_file
+    return split_path(Path(cfg.data_dir), stage.group, "train")
+
+
 def critic_token_budget(cfg: TrainerConfig) -> int:
     """Tokens per GPU per critic forward/backward: the micro-batch of full-length sequences.
 
@@ -114,7 +126,7 @@ def stage_overrides(
     """The Hydra overrides for one stage, ending with the preset's and the user's own."""
     run = cfg.run_dir
     ov = [
-        f"data.train_files={hydra_str(str(split_path(Path(cfg.data_dir), stage.group, 'train')))}",
+        f"data.train_files={hydra_str(str(train_file(cfg, stage)))}",
         "data.val_files="
         + hydra_list([str(split_path(Path(cfg.data_dir), g, "test")) for g in cfg.groups]),
         "data.prompt_key=prompt",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from cl_trainer.config import TrainerConfig, base_model_path
 from cl_trainer.overrides import backend_prefix, stage_overrides
+from cl_trainer.remedies import transforms_weights
 from cl_trainer.verl_cpu import cpu_overlay
 from countdown_data.runs import Stage
 
@@ -50,7 +51,8 @@ def stage_plan(
     export. PPO's critic starts from the stage's starting actor (``critic_init=actor``: a fresh
     value head, as the original experiments did) or from the previous stage's critic export
     (``chain``). ``env`` is the stage processes' environment (W&B); ``prefix`` replaces
-    ``<python> -m <backend>``.
+    ``<python> -m <backend>``. With a weight remedy between stages, a stage starts from its
+    ``metrics/initial_*``, where the engine writes the transformed model.
     """
     env = dict(env or {})
     head = prefix if prefix is not None else backend_prefix(cfg)
@@ -60,7 +62,10 @@ def stage_plan(
         env |= overlay_env
     plans: list[StagePlan] = []
     actor = base_model_path(cfg)
+    transformed = transforms_weights(cfg.between_stages)
     for stage in plan_stages(cfg):
+        if transformed and stage.index:
+            actor = str(cfg.run_dir / stage.initial_model)
         critic = None
         if cfg.uses_critic:
             chained = cfg.critic_init == "chain" and plans

@@ -71,6 +71,11 @@ class Stage:
         return f"validation/{self.name}"
 
     @property
+    def replay_file(self) -> str:
+        """The stage's training file when earlier groups are replayed into it."""
+        return f"replay/{self.name}/train.parquet"
+
+    @property
     def hydra_dir(self) -> str:
         """Hydra's run directory for the stage process (its ``.hydra/`` config record)."""
         return f"hydra/{self.name}"

@@ -8,7 +8,8 @@ chat-template path works unchanged; ``chat`` splits it into system + user for in
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from countdown_data.groups import OPERATORS, check_group
 
@@ -16,6 +17,9 @@ TEMPLATES: tuple[str, ...] = ("base", "chat", "compact")
 COMPLETION_TEMPLATES: frozenset[str] = frozenset({"base"})
 """Templates whose one message is the model's whole input (TinyZero's completion style, ending in
 ``<think>``): a trainer feeds it as it is, not inside the tokenizer's chat turn."""
+PASS_THROUGH_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+"""A chat template that renders the messages' text only: how a completion-style prompt reaches
+the model (veRL always applies a chat template; no ChatML turn, no default system prompt)."""
 
 _SYSTEM = (
     "You are a helpful assistant. You first think about the reasoning process in the mind "
@@ -77,3 +81,11 @@ def group_of_prompt(text: str) -> str | None:
     prompt text was kept (veRL's validation dumps)."""
     ops = prompt_operators(text)
     return next((g for g, o in OPERATORS.items() if o == ops), None)
+
+
+def model_input(messages: Sequence[Mapping[str, str]], template: str, tokenizer: Any) -> str:
+    """The text a model is fed for a prompt of ``template``, as the trainer renders it."""
+    chat_template = PASS_THROUGH_CHAT_TEMPLATE if template in COMPLETION_TEMPLATES else None
+    return tokenizer.apply_chat_template(
+        list(messages), chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )

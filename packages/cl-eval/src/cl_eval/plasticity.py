@@ -1,0 +1,166 @@
+"""Plasticity of a run, stage by stage, from the checkpoints it keeps: what a stage could still
+learn, beside what it forgot (the accuracy matrix).
+
+Weight-only (``cl_eval.geometry``, always): norms and effective ranks of every matrix after each
+stage, and how consecutive stages' updates line up. Activation-based (``cl_eval.probe``, when
+torch and transformers are installed and the run's data set is still there): dormant MLP units,
+feature rank, the soft-accuracy matrix and the KL each stage moved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cl_eval import probe as probe_mod
+from cl_eval.geometry import UpdateGeometry, checkpoint_spectra, update_geometry
+from cl_eval.weights import CheckpointError
+
+if TYPE_CHECKING:
+    from cl_eval.analysis import StageResult
+    from cl_eval.run import Run
+
+MLP_MODULES = ("gate", "up", "down")
+
+
+@dataclass
+class Plasticity:
+    """Per row of the accuracy matrix (0 = base, k = after stage k) and per stage boundary."""
+
+    rows: list[str]
+    layer_module: list[dict[str, dict[str, float]] | None] = field(default_factory=list)
+    geometry: list[UpdateGeometry | None] = field(default_factory=list)
+    """Entry k-1: stage k's update against stage k+1's."""
+    probes: list[probe_mod.CheckpointProbe] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def mean_rank(self, row: int, modules: tuple[str, ...] = MLP_MODULES) -> float | None:
+        lm = self.layer_module[row] if row < len(self.layer_module) else None
+        vals = [v["effective_rank"] for k, v in (lm or {}).items() if k.split(":")[1] in modules]
+        return float(np.mean(vals)) if vals else None
+
+    def total_norm(self, row: int) -> float | None:
+        lm = self.layer_module[row] if row < len(self.layer_module) else None
+        return math.sqrt(sum(v["fro"] ** 2 for v in lm.values())) if lm else None
+
+    def rank_matrix(self, modules: tuple[str, ...] = MLP_MODULES) -> tuple[list[int], np.ndarray]:
+        """Layers × rows of the mean effective rank of ``modules`` (NaN where unknown)."""
+        layers = sorted(
+            {
+                int(k.split(":")[0])
+                for lm in self.layer_module
+                if lm
+                for k in lm
+                if k.split(":")[0] != "-"
+            }
+        )
+        M = np.full((len(layers), len(self.rows)), np.nan)
+        for r, lm in enumerate(self.layer_module):
+            for i, layer in enumerate(layers):
+                vals = [
+                    v["effective_rank"]
+                    for k, v in (lm or {}).items()
+                    if k.split(":")[0] == str(layer) and k.split(":")[1] in modules
+                ]
+                if vals:
+                    M[i, r] = float(np.mean(vals))
+        return layers, M
+
+    def as_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "layer_module": self.layer_module,
+            "geometry": [
+                None
+                if g is None
+                else {"cosine": g.cosine, "top1pct_overlap": g.overlap, "selected": g.selected}
+                for g in self.geometry
+            ],
+            "probes": None if self.probes is None else [p.as_dict() for p in self.probes],
+            "notes": self.notes,
+        }
+
+
+def measure(
+    run: Run, results: list[StageResult], *, probe: bool = True, probe_puzzles: int | None = None
+) -> Plasticity:
+    """Every diagnostic the run's files allow; what they do not allow becomes a note."""
+    rows = ["base"] + [r.stage.name for r in results]
+    checkpoints: list[Path | None] = [run.base_checkpoint] + [r.stage.final_model for r in results]
+    out = Plasticity(rows)
+    for path in checkpoints:
+        if path is None:
+            out.layer_module.append(None)
+            continue
+        try:
+            out.layer_module.append(checkpoint_spectra(path).by_layer_module())
+        except CheckpointError as exc:
+            out.notes.append(f"spectra of {path} skipped ({exc})")
+            out.layer_module.append(None)
+    stages = [r.stage for r in results]
+    for a, b in pairwise(stages):
+        ends = (a.initial_model, a.final_model, b.initial_model, b.final_model)
+        if any(p is None for p in ends):
+            out.geometry.append(None)
+            continue
+        try:
+            out.geometry.append(update_geometry(*ends))  # type: ignore[arg-type]
+        except CheckpointError as exc:
+            out.notes.append(f"update geometry {a.name} → {b.name} skipped ({exc})")
+            out.geometry.append(None)
+    if probe:
+        out.probes = _probes(run, results, checkpoints, probe_puzzles, out.notes)
+    return out
+
+
+def _probes(
+    run: Run,
+    results: list[StageResult],
+    checkpoints: list[Path | None],
+    k: int | None,
+    notes: list[str],
+) -> list[probe_mod.CheckpointProbe] | None:
+    if not probe_mod.available():
+        notes.append("activation diagnostics need torch and transformers: cl-eval[probe]")
+        return None
+    data = (run.manifest or {}).get("config", {}).get("data_dir")
+    if not data or not (Path(data) / "manifest.json").is_file():
+        notes.append(f"activation diagnostics need the run's data set ({data or 'unknown'})")
+        return None
+    if any(c is None for c in checkpoints):
+        notes.append("activation diagnostics need every stage's final checkpoint")
+        return None
+    starts = [None] + [r.stage.initial_model for r in results]
+    return probe_mod.probe_checkpoints(
+        checkpoints,  # type: ignore[arg-type]
+        starts,
+        Path(data),
+        run.groups,
+        k or probe_mod.PROBE_PUZZLES,
+    )
+
+
+def kl_forgetting_points(
+    plast: Plasticity, R: np.ndarray, stage_cols: list[int], groups: list[str]
+) -> list[tuple[str, str, float, float]]:
+    """(stage, earlier group, KL the stage moved on its own group, change of the earlier group's
+    accuracy in that stage): forgetting against the KL moved on the new task."""
+    points = []
+    if plast.probes is None:
+        return points
+    for k in range(1, len(plast.probes)):
+        own = groups[stage_cols[k - 1]]
+        kl = plast.probes[k].kl_moved.get(own)
+        if kl is None:
+            continue
+        seen = {stage_cols[i] for i in range(k - 1)}
+        for j in sorted(seen - {stage_cols[k - 1]}):
+            change = float(R[k, j] - R[k - 1, j])
+            if math.isfinite(change):
+                points.append((plast.rows[k], groups[j], kl, change))
+    return points
