@@ -25,6 +25,7 @@ import numpy as np
 
 TAUS = (0.0, 0.025, 0.1)
 SRANK_DELTA = 0.01
+SMALL_MODEL_PARAMS = 20_000_000
 PROBE_PUZZLES = 16
 """Test puzzles per group in the probe set (a forward pass of each, per checkpoint)."""
 
@@ -86,7 +87,9 @@ def load_model(path: Path) -> tuple[Any, Any]:
     """An HF checkpoint in fp32 (veRL's exports are fp32 despite their config's dtype)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # a bar per load would flood the console of `cl-eval report`
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
 
@@ -224,11 +227,16 @@ def probe_checkpoints(
     import torch
 
     torch.set_grad_enabled(False)
+    threads = torch.get_num_threads()
     results: list[CheckpointProbe] = []
     previous: tuple[Path, Any] | None = None
     probe: ProbeSet | None = None
     for path, start in zip(checkpoints, starts, strict=True):
         model, tokenizer = load_model(path)
+        # A small model's matrices are too small to share among threads: spinning OpenMP
+        # threads made the tiny model's probe 3x slower on 2 busy cores.
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+        torch.set_num_threads(1 if small else threads)
         if probe is None:
             probe = build_probe_set(data_dir, groups, tokenizer, k)
         reference = None
@@ -248,4 +256,5 @@ def probe_checkpoints(
                 res.kl_moved[g] = kl
         results.append(res)
         previous = (Path(path), model)
+    torch.set_num_threads(threads)
     return results

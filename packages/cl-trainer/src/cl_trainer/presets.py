@@ -38,13 +38,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         # A clear rise on ``plus`` within a stage; higher rates dip first, lower ones move less.
         "actor_lr": 1e-4,
         "critic_lr": 1e-4,
+        # Validation: veRL's default, greedy, on all 400 test puzzles of every group that
+        # `countdown-data gen --quick` writes: deterministic, and every accuracy's 95 % interval
+        # is at most ±0.05.
         "preset_overrides": [
             "data.train_max_samples=96",
             "data.dataloader_num_workers=0",
-            # Validate one sample at the rollout temperature, not greedily: that is the policy RL
-            # trains, and greedy decoding hides how often the warm start still stops short.
-            "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-            "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
         ],
     },
 }

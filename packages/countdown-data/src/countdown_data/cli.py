@@ -29,7 +29,7 @@ from countdown_data.groups import GROUPS, OPERATORS
 from countdown_data.templates import TEMPLATES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
-QUICK_SIZES = (2_000, 100)
+QUICK_SIZES = (2_000, 400)
 
 
 class OptionError(click.ClickException):

@@ -280,7 +280,11 @@ def ensure_tiny_model(
     One torch thread: this model is too small to gain from more, and spinning OpenMP threads slow
     it several-fold whenever another process shares the cores.
     """
+    from transformers.utils import logging
+
     from countdown_data.groups import GROUPS
+
+    logging.disable_progress_bar()  # "Writing model shards": a bar for one small file
 
     out_dir = Path(out_dir)
     data_dir = Path(data_dir)
