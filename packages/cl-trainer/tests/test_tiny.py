@@ -96,14 +96,15 @@ def test_plus_demonstrations_are_noisy_by_design(tmp_path: Path) -> None:
 
     data = write_plus_data(tmp_path / "data")
     rows = pq.read_table(data / "plus" / "train.parquet").to_pylist()
-    pairs = tiny.sft_pairs(data, "plus")
+    every = tiny.WARM_STARTS["tiny"].plus_early_stop_every
+    pairs = tiny.sft_pairs(data, "plus", every)
     short = 0
     for row, (_, completion) in zip(rows, pairs, strict=True):
         numbers = list(map(str, row["nums"]))
         answer = completion.split("<answer>")[1].split("</answer>")[0]
         assert answer in ("+".join(numbers), "+".join(numbers[:-1]))
         short += answer == "+".join(numbers[:-1])
-    assert short == len(rows) // tiny.PLUS_EARLY_STOP_EVERY
+    assert short == len(rows) // every
 
 
 def test_a_damaged_cached_model_is_rebuilt(tmp_path: Path) -> None:
@@ -116,3 +117,16 @@ def test_a_damaged_cached_model_is_rebuilt(tmp_path: Path) -> None:
     tiny.ensure_tiny_model(out, data, sft_steps=2, eval_samples=2)
     assert tiny.is_built(out)
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_testbed_warm_start_is_a_faithful_demonstrator(tmp_path: Path) -> None:
+    """``testbed`` demonstrates every plus puzzle with its full sum: no planted mistakes."""
+    import pyarrow.parquet as pq
+
+    data = write_plus_data(tmp_path / "data")
+    rows = pq.read_table(data / "plus" / "train.parquet").to_pylist()
+    warm = tiny.WARM_STARTS["testbed"]
+    assert warm.plus_early_stop_every is None
+    pairs = tiny.sft_pairs(data, "plus", warm.plus_early_stop_every)
+    for row, (_, completion) in zip(rows, pairs, strict=True):
+        assert completion == f"<think></think><answer>{'+'.join(map(str, row['nums']))}</answer>"

@@ -282,3 +282,28 @@ def test_files_follow_the_umask_like_any_open(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     for path in [tmp_path / "d" / "manifest.json", *(tmp_path / "d").rglob("*.parquet")]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_profile_small_sets_the_testbed_defaults_and_options_still_win(tmp_path: Path) -> None:
+    out = tmp_path / "small"
+    args = ["gen", "--profile", "small", "--test-size", "50", "--train-size", "100",
+            "--groups", "plus,plus_minus_mul_div", "--workers", "1", "--out", str(out)]  # fmt: skip
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert params["numbers_per_puzzle"] == [3, 3] and params["number_range"] == [1, 20]
+    assert params["target_range"] == [1, 100] and params["template"] == "compact"
+    assert params["sort_numbers"] is True and params["require_new_op"] is True
+    assert (params["train_size"], params["test_size"]) == (100, 50)
+    for g in ("plus", "plus_minus_mul_div"):
+        for row in load_rows(out, g, "test"):
+            assert row["nums"] == sorted(row["nums"])
+            assert row["prompt"][0]["content"].startswith(
+                "nums " + " ".join(map(str, row["nums"])) + " target"
+            )
+    assert run("validate", str(out)).exit_code == 0
+    quick = run("gen", "--profile", "small", "--quick", "--groups", "plus", "--out",
+                str(tmp_path / "q"))  # fmt: skip
+    assert quick.exit_code == 0, quick.output
+    sizes = json.loads((tmp_path / "q" / "manifest.json").read_text())["params"]
+    assert (sizes["train_size"], sizes["test_size"]) == (1000, 400)  # the profile's sizes win

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
 from cl_trainer.errors import TrainerError, UsageError
-from cl_trainer.presets import APPROX_PARAMS, TINY_MODEL_SENTINEL
+from cl_trainer.presets import APPROX_PARAMS, DATA_COMMANDS, TINY_MODEL_SENTINEL
 from countdown_data.dataset import split_path
 
 ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
@@ -46,9 +46,7 @@ def gpu_count() -> int:
 
 
 def check_data(cfg: TrainerConfig) -> None:
-    hint = (
-        "uv run countdown-data gen --quick" if cfg.size == "tiny" else "uv run countdown-data gen"
-    )
+    hint = "uv run " + DATA_COMMANDS.get(cfg.size, "countdown-data gen")
     for group in cfg.groups:
         for split in ("train", "test"):
             path = split_path(Path(cfg.data_dir), group, split)

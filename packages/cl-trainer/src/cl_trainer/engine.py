@@ -316,12 +316,15 @@ class Engine:
     def base_model_dir(self) -> Path:
         """The first stage's model as a local directory (built or downloaded when needed)."""
         if self.cfg.model == TINY_MODEL_SENTINEL:
-            from cl_trainer.local.tiny import ensure_tiny_model, is_built
+            from cl_trainer.local.tiny import WARM_STARTS, ensure_tiny_model, is_built
 
             out = tiny_model_dir(self.cfg)
             if not is_built(out):
                 self.reporter.note(f"building the tiny base model (SFT warm start) in {out}")
-            return Path(ensure_tiny_model(out, Path(self.cfg.data_dir), self.cfg.seed))
+            warm = WARM_STARTS.get(self.cfg.size, WARM_STARTS["tiny"])
+            return Path(
+                ensure_tiny_model(out, Path(self.cfg.data_dir), self.cfg.seed, warm_start=warm)
+            )
         if looks_like_hub_id(self.cfg.model):
             return hub_snapshot(self.cfg.model)
         return Path(self.cfg.model)

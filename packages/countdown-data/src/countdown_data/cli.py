@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +25,13 @@ from countdown_data.dataset import (
     up_to_date,
     write_dataset,
 )
-from countdown_data.generate import GenConfig, GenerationError, check_config, default_workers
+from countdown_data.generate import (
+    PROFILES,
+    GenConfig,
+    GenerationError,
+    check_config,
+    default_workers,
+)
 from countdown_data.groups import GROUPS, OPERATORS
 from countdown_data.templates import TEMPLATES
 
@@ -41,6 +48,19 @@ class OptionError(click.ClickException):
 def _flag(field: str) -> str:
     """The ``gen`` option of a :class:`GenConfig` field (options are named after the fields)."""
     return "--" + field.replace("_", "-")
+
+
+def _profile_options(name: str) -> str:
+    """A profile spelled as the options it stands for."""
+    words = []
+    for field, value in PROFILES[name].items():
+        if isinstance(value, bool):
+            words.append(_flag(field) if value else "--no-" + _flag(field)[2:])
+        elif isinstance(value, tuple):
+            words.append(f"{_flag(field)} {value[0]}-{value[1]}")
+        else:
+            words.append(f"{_flag(field)} {value}")
+    return " ".join(words)
 
 
 class RangeType(click.ParamType):
@@ -122,6 +142,19 @@ def _parse_groups(text: str) -> tuple[str, ...]:
     help="Make every later-group puzzle unsolvable with the previous group's operators.",
 )
 @click.option(
+    "--sort-numbers/--no-sort-numbers",
+    default=False,
+    help="Show each puzzle's numbers in ascending order instead of the order drawn.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default=None,
+    help="Named defaults; explicit options still win. "
+    + "; ".join(f"{name} = {_profile_options(name)}" for name in PROFILES)
+    + " (small: the CPU testbed, cl-trainer --size testbed).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
@@ -143,26 +176,31 @@ def gen(
     target_range: tuple[int, int],
     template: str,
     require_new_op: bool,
+    sort_numbers: bool,
+    profile: str | None,
     workers: int | None,
     force: bool,
 ) -> None:
     """Generate train/test parquet files for each operator group, plus manifest.json."""
+    values: dict[str, Any] = {
+        "train_size": train_size,
+        "test_size": test_size,
+        "numbers_per_puzzle": numbers_per_puzzle,
+        "number_range": number_range,
+        "target_range": target_range,
+        "template": template,
+        "sort_numbers": sort_numbers,
+    }
+    # Precedence: options given explicitly, then the profile's values, then --quick's sizes.
+    explicit = {k for k in values if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+    defaults: dict[str, Any] = {}
     if quick:
-        src = ctx.get_parameter_source
-        if src("train_size") is click.core.ParameterSource.DEFAULT:
-            train_size = QUICK_SIZES[0]
-        if src("test_size") is click.core.ParameterSource.DEFAULT:
-            test_size = QUICK_SIZES[1]
+        defaults |= dict(zip(("train_size", "test_size"), QUICK_SIZES, strict=True))
+    if profile:
+        defaults |= PROFILES[profile]
+    values |= {k: v for k, v in defaults.items() if k not in explicit}
     cfg = GenConfig(
-        train_size=train_size,
-        test_size=test_size,
-        groups=_parse_groups(groups),
-        seed=seed,
-        numbers_per_puzzle=numbers_per_puzzle,
-        number_range=number_range,
-        target_range=target_range,
-        template=template,
-        require_new_op=require_new_op,
+        groups=_parse_groups(groups), seed=seed, require_new_op=require_new_op, **values
     )
     try:
         check_config(cfg)

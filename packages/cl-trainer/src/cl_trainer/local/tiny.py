@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +38,39 @@ CHAT_TEMPLATE = (
 MARKER = "tiny_model.json"
 """Written last into a finished model directory; its presence means the build completed."""
 
-SFT_GROUP_WEIGHTS: dict[str, float] = {
-    "plus": 0.8,
-    "plus_minus": 0.07,
-    "plus_minus_mul": 0.07,
-    "plus_minus_mul_div": 0.06,
-}
-"""Mostly ``plus``, whose answer is a copy of the numbers: the copying circuit forms within a few
-hundred steps only when most of each batch asks for it; the others still teach the format."""
 
-PLUS_EARLY_STOP_EVERY = 2
-"""Every second ``plus`` demonstration stops one number early (a noisy demonstrator): the warm
-start then hesitates between finishing the sum and stopping short, one shared decision that
-GRPO's outcome reward can correct within a dozen steps, so the demo shows RL learning. A faithful
-demonstrator leaves only scattered copy slips, which a model this small sharpens away too slowly
-to see in a CPU demo (measured: no rise beyond noise in 12-48 steps)."""
+@dataclass(frozen=True)
+class WarmStart:
+    """How a locally built base model is taught before RL: supervised steps on solver solutions,
+    the mix of groups in a batch, and whether the ``plus`` demonstrations are noisy."""
+
+    sft_steps: int
+    group_weights: dict[str, float]
+    plus_early_stop_every: int | None = None
+    """Every N-th ``plus`` demonstration stops one number short; None: a faithful demonstrator."""
+
+
+WARM_STARTS: dict[str, WarmStart] = {
+    # The README demo (``gen --quick --template compact`` data): mostly ``plus``, whose answer is
+    # a copy of the numbers (the copying circuit forms only when most of each batch asks for it;
+    # the other groups still teach the format). Every second ``plus`` demonstration stops one
+    # number early: the warm start hesitates between finishing the sum and stopping short, one
+    # shared decision GRPO's outcome reward corrects within a stage. A faithful demonstrator
+    # leaves only scattered copy slips, which a model this small sharpens away too slowly for a
+    # demo of minutes.
+    "tiny": WarmStart(
+        220,
+        {"plus": 0.8, "plus_minus": 0.07, "plus_minus_mul": 0.07, "plus_minus_mul_div": 0.06},
+        plus_early_stop_every=2,
+    ),
+    # The CPU testbed (``gen --profile small`` data, numbers shown sorted): a faithful
+    # demonstrator of every group, stopped early and weighted away from ``plus``, so every group
+    # starts well below what RL reaches within its own stage.
+    "testbed": WarmStart(
+        400, {"plus": 0.1, "plus_minus": 0.5, "plus_minus_mul": 0.2, "plus_minus_mul_div": 0.2}
+    ),
+}
+"""Per preset that builds its model here."""
 
 MODEL_SHAPE: dict[str, int] = {
     "hidden_size": 128,
@@ -117,7 +136,9 @@ def _read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return rows if limit is None else rows[:limit]
 
 
-def sft_pairs(data_dir: Path, group: str) -> list[tuple[str, str]]:
+def sft_pairs(
+    data_dir: Path, group: str, early_stop_every: int | None = None
+) -> list[tuple[str, str]]:
     """(prompt text, completion) pairs from ``countdown_data.sft`` for a group's train split.
 
     Prompts are the stored ones (what RL will see, whatever template ``gen`` used); completions
@@ -129,7 +150,7 @@ def sft_pairs(data_dir: Path, group: str) -> list[tuple[str, str]]:
     pairs = []
     for i, ex in enumerate(sft_examples(data_dir, split="train", groups=[group])):
         answer = _compact(ex)
-        if group == "plus" and (i + 1) % PLUS_EARLY_STOP_EVERY == 0:
+        if group == "plus" and early_stop_every and (i + 1) % early_stop_every == 0:
             answer = answer.rsplit("+", 1)[0]
         pairs.append((ex["prompt"], f"<think></think><answer>{answer}</answer>"))
     return pairs
@@ -158,6 +179,7 @@ def supervised_warm_start(
     model: Any,
     tokenizer: Any,
     pairs_by_group: dict[str, list[tuple[str, str]]],
+    group_weights: dict[str, float],
     steps: int,
     seed: int,
     batch_size: int = 32,
@@ -171,7 +193,7 @@ def supervised_warm_start(
         if pairs
     }
     groups = list(encoded)
-    weights = [SFT_GROUP_WEIGHTS.get(g, 0.1) for g in groups]
+    weights = [group_weights.get(g, 0.1) for g in groups]
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))
@@ -263,22 +285,19 @@ def ensure_tiny_model(
     data_dir: Path,
     seed: int = 0,
     *,
-    sft_steps: int = 220,
+    warm_start: WarmStart = WARM_STARTS["tiny"],
+    sft_steps: int | None = None,
     eval_samples: int = 64,
     max_new_tokens: int = 48,
 ) -> Path:
     """Return ``out_dir`` holding the warm-started tiny model, building it first if needed.
 
-    Idempotent: a directory with the completion marker is returned untouched. The build happens in
-    a sibling temp dir renamed into place, so an interrupted build never leaves a half model.
-    ``tiny_model.json`` records the SFT loss and post-SFT greedy accuracy per group.
-
-    ``sft_steps=220`` (batch 32, ~45 s on one core) teaches ``plus`` past the copying phase
-    transition; with the noisy demonstrator (``PLUS_EARLY_STOP_EVERY``) one sample at temperature 1
-    then solves about 0.3 of ``plus`` (greedy about 0.6, seed 0, ``gen --quick --template compact``
-    data), which RL raises. The other groups get well-formed but (almost) never correct answers.
-    One torch thread: this model is too small to gain from more, and spinning OpenMP threads slow
-    it several-fold whenever another process shares the cores.
+    Idempotent: a directory with the completion marker (and weights that read back) is returned
+    untouched. The build happens in a sibling temp dir renamed into place, so an interrupted build
+    never leaves a half model. ``tiny_model.json`` records the warm start, its SFT loss and the
+    post-SFT accuracy per group. ``sft_steps`` overrides the warm start's (tests). One torch
+    thread: this model is too small to gain from more, and spinning OpenMP threads slow it
+    several-fold whenever another process shares the cores.
     """
     from transformers.utils import logging
 
@@ -301,8 +320,11 @@ def ensure_tiny_model(
         started = time.monotonic()
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, seed)
-        pairs = {g: sft_pairs(data_dir, g) for g in present}
-        losses = supervised_warm_start(model, tokenizer, pairs, steps=sft_steps, seed=seed)
+        steps = warm_start.sft_steps if sft_steps is None else sft_steps
+        pairs = {g: sft_pairs(data_dir, g, warm_start.plus_early_stop_every) for g in present}
+        losses = supervised_warm_start(
+            model, tokenizer, pairs, warm_start.group_weights, steps=steps, seed=seed
+        )
         sft_seconds = time.monotonic() - started
         accuracy, sampled = {}, {}
         for g in present:
@@ -322,7 +344,9 @@ def ensure_tiny_model(
         info = {
             "seed": seed,
             "data_dir": str(data_dir),
-            "sft_steps": sft_steps,
+            "sft_steps": steps,
+            "sft_group_weights": warm_start.group_weights,
+            "plus_early_stop_every": warm_start.plus_early_stop_every,
             "sft_seconds": round(sft_seconds, 2),
             "sft_final_loss": round(losses[-1], 4) if losses else None,
             "post_sft_greedy_accuracy": accuracy,
