@@ -1,7 +1,8 @@
 """End to end on CPU: data → continual training (local backend, tiny model) → cl-eval.
 
-A reduced curriculum (2 groups × 1 round, 2 steps per stage, ReDo between the stages) through the
-real command lines; the artifacts are what a researcher relies on, so those are what is asserted.
+The CPU testbed reduced (its data profile, its preset; 2 groups × 1 round, 2 steps per stage, ReDo
+between the stages) through the real command lines; the artifacts are what a researcher relies
+on, so those are what is asserted.
 """
 
 import json
@@ -15,10 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cl_eval.logs import parse_log
 from cl_eval.run import load_run
-from cl_trainer.local.tiny import ensure_tiny_model
+from cl_trainer.local.tiny import WARM_STARTS, ensure_tiny_model
 
 BIN = Path(sys.executable).parent
 GROUPS = ("plus", "plus_minus")
+CONSOLIDATED = "consolidated_metrics_testbed.json"
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -34,13 +36,15 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = work / "data"
     _run(
         str(BIN / "countdown-data"), "gen", "--out", str(data), "--groups", ",".join(GROUPS),
-        "--train-size", "200", "--test-size", "20", "--template", "compact", cwd=work,
+        "--profile", "small", "--train-size", "200", "--test-size", "20", cwd=work,
     )
-    run = work / "runs" / "tiny"
+    run = work / "runs" / "testbed"
     # Built here with few SFT steps to keep CI short; the trainer finds it complete and reuses it.
-    ensure_tiny_model(run / "base_model", data, seed=0, sft_steps=10, eval_samples=4)
+    ensure_tiny_model(
+        run / "base_model", data, warm_start=WARM_STARTS["testbed"], sft_steps=10, eval_samples=4
+    )
     _run(
-        str(BIN / "cl-trainer"), "--size", "tiny", "--groups", ",".join(GROUPS),
+        str(BIN / "cl-trainer"), "--size", "testbed", "--groups", ",".join(GROUPS),
         "--data-dir", str(data), "--out", str(run), "--no-wandb",
         "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
         "--between-stages", "redo:tau=0.1",
@@ -85,9 +89,9 @@ def test_logs_parse_into_a_full_accuracy_matrix(run_dir: Path) -> None:
 def test_report_and_plots_are_written(run_dir: Path) -> None:
     assert "Accuracy matrix" in (run_dir / "report.md").read_text()
     for name in ("training_metrics", "accuracy_matrix", "weight_change", "forgetting"):
-        png = run_dir / "plots" / f"{name}_tiny.png"
+        png = run_dir / "plots" / f"{name}_testbed.png"
         assert png.stat().st_size > 10_000, png
-    consolidated = json.loads((run_dir / "metrics" / "consolidated_metrics_tiny.json").read_text())
+    consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
     assert consolidated["accuracy_matrix"]["columns"] == list(GROUPS)
 
 
@@ -104,8 +108,8 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     assert not (run_dir / "metrics" / "initial_1_plus_minus").is_symlink()
     report = (run_dir / "report.md").read_text()
     assert "## Plasticity" in report and "dormant τ=0" in report and "Soft accuracy" in report
-    consolidated = json.loads((run_dir / "metrics" / "consolidated_metrics_tiny.json").read_text())
+    consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
     probes = consolidated["plasticity"]["probes"]
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
     assert probes[2]["kl_moved"]["plus_minus"] >= 0
-    assert (run_dir / "plots" / "plasticity_tiny.png").stat().st_size > 10_000
+    assert (run_dir / "plots" / "plasticity_testbed.png").stat().st_size > 10_000
