@@ -59,8 +59,17 @@ def ours(n: int) -> None:
 def reasoning_gym(n: int) -> None:
     import reasoning_gym as rg
 
-    ds = rg.create_dataset("countdown", min_numbers=3, max_numbers=4, min_value=1, max_value=100,
-                           min_target=10, max_target=1000, size=n, seed=0)
+    ds = rg.create_dataset(
+        "countdown",
+        min_numbers=3,
+        max_numbers=4,
+        min_value=1,
+        max_value=100,
+        min_target=10,
+        max_target=1000,
+        size=n,
+        seed=0,
+    )
     for i in range(n):
         ds[i]
 
@@ -85,12 +94,12 @@ def main() -> None:
     args = ap.parse_args()
     rows = [("countdown-data (1 process)", per_puzzle_ms(ours, args.ours), args.ours)]
     try:
-        rows.append(("reasoning-gym 0.1.25", per_puzzle_ms(reasoning_gym, args.sample),
-                     args.sample))
+        rows.append(
+            ("reasoning-gym 0.1.25", per_puzzle_ms(reasoning_gym, args.sample), args.sample)
+        )
     except ImportError:
         print("reasoning-gym not installed (bench group); skipping it", file=sys.stderr)
-    rows.append(("naive Python search", per_puzzle_ms(naive, args.sample // 4),
-                 args.sample // 4))
+    rows.append(("naive Python search", per_puzzle_ms(naive, args.sample // 4), args.sample // 4))
     base = rows[0][1]
     print(f"{'generator':<28}{'ms/puzzle':>12}{'vs ours':>10}{'sample':>9}")
     for name, ms, n in rows:

@@ -1,11 +1,16 @@
 """Benchmark ``cl-eval diff`` on two random Qwen2.5-0.5B-shaped bf16 checkpoints.
 
 Compares wall time and peak RSS (of the measured process alone, via ``os.wait4``) of
-  read   - reading both safetensors files once, 16 MiB at a time (the I/O floor),
-  diff   - ``cl-eval diff A B --json`` (streaming, the tool under test),
-  naive  - loading both models into torch (``safetensors.torch.load_file``) and diffing per tensor,
+  read     - reading both safetensors files once, 16 MiB at a time (the I/O floor),
+  diff     - ``cl-eval diff A B --json`` (streaming, the tool under test),
+  spectra  - the report's weight-only plasticity diagnostics of one checkpoint (norms, stable and
+             effective rank of every matrix: ``cl_eval.geometry.checkpoint_spectra``),
+  geometry - the update geometry of two consecutive updates A→B, B→A (cosine, top-1 % overlap:
+             ``cl_eval.geometry.update_geometry``),
+  naive    - loading both models into torch (``safetensors.torch.load_file``) and diffing,
 each with the files in the page cache ("hot") and after dropping them from it with
-``posix_fadvise(DONTNEED)`` ("cold"). Goal: diff peak RSS < 1.5 GB and diff time <= 2x read time.
+``posix_fadvise(DONTNEED)`` ("cold"). Goals: peak RSS of diff, spectra and geometry < 1.5 GB, and
+diff time <= 2x read time.
 
     uv run python bench/weight_diff.py            # full 0.5B shapes (~2 GB of temp files)
     uv run python bench/weight_diff.py --layers 4 # quicker, same tensor shapes
@@ -51,6 +56,22 @@ for k, w0 in a.items():
     sq_d += float(d.double().pow(2).sum()); sq_a += float(w0.double().pow(2).sum())
     (d == 0).sum(); (d.abs() <= 1e-5).sum()
 print((sq_d / sq_a) ** 0.5)
+"""
+
+
+SPECTRA = """
+import sys
+from pathlib import Path
+from cl_eval.geometry import checkpoint_spectra
+print(len(checkpoint_spectra(Path(sys.argv[1])).matrices))
+"""
+
+GEOMETRY = """
+import sys
+from pathlib import Path
+from cl_eval.geometry import update_geometry
+a, b = Path(sys.argv[1]), Path(sys.argv[2])
+print(update_geometry(a, b, b, a).cosine["all"])
 """
 
 
@@ -158,6 +179,8 @@ def main() -> None:
         modes = {
             "read": [sys.executable, "-c", READ, *map(str, files)],
             "diff": [str(cl_eval), "diff", str(a), str(b), "--json"],
+            "spectra": [sys.executable, "-c", SPECTRA, str(a)],
+            "geometry": [sys.executable, "-c", GEOMETRY, str(a), str(b)],
         }
         if not args.skip_naive:
             modes["naive"] = [sys.executable, "-c", NAIVE, *map(str, files)]
@@ -175,14 +198,16 @@ def main() -> None:
                     f"|Δ|<=1e-5={g['unchanged_atol']:.2%} rel={g['unchanged_rel']:.2%}"
                 )
         print(
-            f"\n{'mode':<6} {'hot wall s':>10} {'hot peak RSS MiB':>17} {'cold wall s':>12} "
+            f"\n{'mode':<8} {'hot wall s':>10} {'hot peak RSS MiB':>17} {'cold wall s':>12} "
             f"{'cold peak RSS MiB':>18}"
         )
         for name, (hw, hr, cw, cr) in rows.items():
-            print(f"{name:<6} {hw:>10.2f} {hr:>17.0f} {cw:>12.2f} {cr:>18.0f}")
+            print(f"{name:<8} {hw:>10.2f} {hr:>17.0f} {cw:>12.2f} {cr:>18.0f}")
         d, r = rows["diff"], rows["read"]
         print(f"\ndiff / read time: hot {d[0] / r[0]:.2f}x, cold {d[2] / r[2]:.2f}x (goal <= 2x)")
-        print(f"diff peak RSS: {max(d[1], d[3]):.0f} MiB (goal < 1536 MiB)")
+        for name in ("diff", "spectra", "geometry"):
+            peak = max(rows[name][1], rows[name][3])
+            print(f"{name} peak RSS: {peak:.0f} MiB (goal < 1536 MiB)")
         if "naive" in rows:
             n = rows["naive"]
             print(f"naive load-both: {n[0]:.2f}s, {max(n[1], n[3]):.0f} MiB")

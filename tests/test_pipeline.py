@@ -113,3 +113,13 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
     assert probes[2]["kl_moved"]["plus_minus"] >= 0
     assert (run_dir / "plots" / "plasticity_testbed.png").stat().st_size > 10_000
+
+
+def test_compare_summarises_plasticity_from_the_checkpoints(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "compare"
+    _run(str(BIN / "cl-eval"), "compare", "--plasticity", "--out", str(out), str(run_dir),
+         cwd=tmp_path)  # fmt: skip
+    metrics = json.loads((out / "compare.json").read_text())["conditions"]["runs"]["metrics"]
+    assert 0 <= metrics["dormant_final"]["mean"] <= 1 and metrics["srank_final"]["mean"] >= 1
+    assert metrics["soft_final_accuracy"]["mean"] < 0  # a mean log-likelihood
+    assert "soft_plasticity_gain" in (out / "compare.md").read_text()

@@ -101,3 +101,25 @@ def test_srank_counts_the_singular_values_that_matter() -> None:
     assert srank(low) == 3
     assert srank(np.zeros((4, 4))) == 0
     json.dumps({"srank": srank(low)})  # a plain int in the report's JSON
+
+
+def test_summary_computes_the_accuracy_metrics_on_the_soft_matrix() -> None:
+    from cl_eval.matrix import Curriculum
+    from cl_eval.plasticity import DEFINITIONS, SUMMARY_TAU, Plasticity
+    from cl_eval.probe import CheckpointProbe
+
+    soft = [(-3.0, -4.0), (-1.0, -3.5), (-2.0, -1.5)]  # base, after plus, after plus_minus
+    probes = [
+        CheckpointProbe(dormant_overall={SUMMARY_TAU: 0.1 * i}, srank=10 - i,
+                        soft_accuracy={"plus": a, "plus_minus": b})
+        for i, (a, b) in enumerate(soft)
+    ]  # fmt: skip
+    p = Plasticity(["base", "R1_plus", "R1_plus_minus"], probes=probes)
+    s = p.summary(Curriculum(("plus", "plus_minus"), (0, 1)), t_used=2)
+    assert set(s) == set(DEFINITIONS)
+    assert s["soft_plasticity_gain"] == pytest.approx(((-1 + 3) + (-1.5 + 3.5)) / 2)
+    assert s["soft_bwt"] == pytest.approx(-2.0 - -1.0)  # plus fell from -1 to -2
+    assert s["soft_final_accuracy"] == pytest.approx(-1.75)
+    assert s["dormant_final"] == pytest.approx(0.2) and s["srank_final"] == 8
+    unprobed = Plasticity(["base", "R1_plus"]).summary(Curriculum(("plus",), (0,)), t_used=1)
+    assert unprobed == dict.fromkeys(DEFINITIONS)

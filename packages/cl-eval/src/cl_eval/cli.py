@@ -279,9 +279,19 @@ def matrix(run_dir: Path, as_json: bool) -> None:
     default=None,
     help="Where compare.md, compare.json and plots/ go [the first run's parent/compare].",
 )
+@click.option(
+    "--plasticity",
+    is_flag=True,
+    help="Also read every run's checkpoints for the plasticity summary (soft-accuracy metrics, "
+    "dormant ratio, feature rank; slower, the probes need cl-eval[probe]).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare(
-    runs: tuple[str, ...], labels: tuple[str, ...], out: Path | None, as_json: bool
+    runs: tuple[str, ...],
+    labels: tuple[str, ...],
+    out: Path | None,
+    plasticity: bool,
+    as_json: bool,
 ) -> None:
     """Aggregate runs (one per seed) with intervals; with labels, the differences between them.
 
@@ -313,7 +323,7 @@ def compare(
         if not dirs:
             raise click.UsageError(f"{name}: no run directory matches {' '.join(pats)}")
         try:
-            conditions[name] = [analyse(d) for d in dirs]
+            conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
     result = run_compare(conditions)

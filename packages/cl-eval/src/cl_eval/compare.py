@@ -19,6 +19,7 @@ import numpy as np
 
 from cl_eval.analysis import Analysis
 from cl_eval.matrix import DEFINITIONS
+from cl_eval.plasticity import DEFINITIONS as PLASTICITY_DEFINITIONS
 from cl_eval.stats import T975, Z95, excludes_zero, flatten, interval, t_interval
 
 HEADLINE = (
@@ -64,8 +65,11 @@ def _finite(v: float | None) -> float | None:
 
 
 def run_values(a: Analysis) -> dict[str, float | None]:
-    """A run's scalar results: every metric, and every accuracy cell as ``R[row][group]``."""
+    """A run's scalar results: every metric (with the plasticity summary when its checkpoints
+    were read), and every accuracy cell as ``R[row][group]``."""
     out = flatten(a.metrics or {})
+    if a.plasticity is not None:
+        out.update(a.plasticity.summary(a.curriculum, a.stages_used))
     for i, row in enumerate(a.row_names):
         for j, g in enumerate(a.run.groups):
             out[f"R[{row}][{g}]"] = _finite(float(a.R[i, j]))
@@ -147,7 +151,7 @@ class Comparison:
                 name: {k: e.as_dict() for k, e in diffs.items()}
                 for name, diffs in self.differences.items()
             },
-            "definitions": DEFINITIONS,
+            "definitions": {**DEFINITIONS, **PLASTICITY_DEFINITIONS},
         }
 
 
@@ -185,11 +189,13 @@ def _fmt(e: Estimate, signed: bool = False) -> str:
 
 
 def metric_keys(c: Comparison) -> list[str]:
-    """Headline metrics first, then the rest of the definitions, then per-stage/group entries."""
+    """Headline metrics first, then the rest of the definitions, the plasticity summary, then
+    per-stage/group entries."""
     present = [k for k in c.conditions[0].metrics]
     return (
         [k for k in HEADLINE if k in present]
         + [k for k in present if k not in HEADLINE and k in DEFINITIONS]
+        + [k for k in PLASTICITY_DEFINITIONS if k in present]
         + [k for k in present if k not in DEFINITIONS and k not in HEADLINE and "[" in k]
     )
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from cl_eval import probe as probe_mod
 from cl_eval.geometry import UpdateGeometry, checkpoint_spectra, update_geometry
+from cl_eval.matrix import Curriculum, compute_metrics
 from cl_eval.weights import CheckpointError
 
 if TYPE_CHECKING:
@@ -26,6 +27,22 @@ if TYPE_CHECKING:
     from cl_eval.run import Run
 
 MLP_MODULES = ("gate", "up", "down")
+
+SUMMARY_TAU = 0.025
+"""The τ of the dormant ratio a run is summarised by (ReDo's default threshold)."""
+
+SOFT_METRICS = ("final_accuracy", "learning_accuracy", "plasticity_gain", "bwt")
+"""Accuracy-matrix metrics also computed on the soft-accuracy matrix (prefixed ``soft_``)."""
+
+DEFINITIONS: dict[str, str] = {
+    **{
+        f"soft_{k}": f"{k} computed on the soft-accuracy matrix (mean per-token log-likelihood of "
+        "the reference solutions) instead of R: deterministic, no sampling noise."
+        for k in SOFT_METRICS
+    },
+    "dormant_final": f"Fraction of τ-dormant MLP units (τ = {SUMMARY_TAU}) after the last stage.",
+    "srank_final": "Feature rank (srank) of the last hidden states after the last stage.",
+}
 
 
 @dataclass
@@ -70,6 +87,28 @@ class Plasticity:
                 if vals:
                     M[i, r] = float(np.mean(vals))
         return layers, M
+
+    def soft_matrix(self, groups: list[str]) -> np.ndarray | None:
+        """Rows × groups of soft accuracy, shaped like the accuracy matrix R."""
+        if self.probes is None:
+            return None
+        return np.array(
+            [[p.soft_accuracy.get(g, np.nan) for g in groups] for p in self.probes], dtype=float
+        )
+
+    def summary(self, cur: Curriculum, t_used: int) -> dict[str, float | None]:
+        """A run's plasticity in the scalars of ``DEFINITIONS`` (what ``cl-eval compare`` sets
+        against other conditions); None where the probes did not run."""
+        S = self.soft_matrix(list(cur.groups))
+        if S is None or t_used < 1:
+            return dict.fromkeys(DEFINITIONS)
+        metrics = compute_metrics(S[: t_used + 1], cur)
+        last = self.probes[t_used]  # type: ignore[index]
+        return {
+            **{f"soft_{k}": metrics[k] for k in SOFT_METRICS},  # type: ignore[misc]
+            "dormant_final": last.dormant_overall.get(SUMMARY_TAU),
+            "srank_final": float(last.srank),
+        }
 
     def as_dict(self) -> dict:
         return {
