@@ -66,3 +66,13 @@ def test_compare_cli_aggregates_and_contrasts_labelled_runs(tmp_path, verl_line,
     assert (out / "plots" / "compare_metrics.png").stat().st_size > 10_000
     bad = CliRunner().invoke(main, ["compare", "--label", f"x={tmp_path}/none-*"])
     assert bad.exit_code == 2 and "no run directory matches" in bad.output
+
+
+def test_accuracy_cells_over_seeds_stay_inside_0_1() -> None:
+    """Seeds that disagree widely (0.05, 0.9, 0.95) give a t-interval beyond [0, 1]; a cell is an
+    accuracy, so its interval is clipped, while a metric such as BWT keeps its own bounds."""
+    runs = [{"R[4][plus]": a, "bwt": -a} for a in (0.05, 0.9, 0.95)]
+    cond = aggregate("wide", [], runs)
+    cell = cond.cells["R[4][plus]"]
+    assert cell.lo == 0.0 and 0.0 < cell.hi <= 1.0
+    assert cond.metrics["bwt"].lo < -1.0

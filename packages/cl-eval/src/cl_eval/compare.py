@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +127,15 @@ def aggregate(
     keys = list(dict.fromkeys(k for v in values for k in v))
     for key in keys:
         est = seed_estimate([v.get(key) for v in values])
-        (cond.cells if key.startswith("R[") else cond.metrics)[key] = est
+        if key.startswith("R["):  # an accuracy: a t-interval over few seeds can leave [0, 1]
+            cond.cells[key] = replace(est, lo=_clip01(est.lo), hi=_clip01(est.hi))
+        else:
+            cond.metrics[key] = est
     return cond
+
+
+def _clip01(x: float | None) -> float | None:
+    return None if x is None else min(1.0, max(0.0, x))
 
 
 @dataclass
