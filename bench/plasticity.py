@@ -1,14 +1,15 @@
 """The plasticity ablation on CPU: no remedy vs shrink-perturb vs ReDo vs replay, several seeds
 each, judged by ``cl-eval compare``.
 
-Runs the real command lines, one after the other (each curriculum takes both cores):
+Runs the real command lines, one after the other (a curriculum trains the tiny model on one
+torch thread, so it uses one core of the machine):
   countdown-data gen          - the preset's data set, once, shared by every run;
   cl-trainer --seeds ...      - one curriculum per arm and seed, in OUT/<arm>-s<seed>;
   cl-eval compare --plasticity - every arm against ``none``: ACC, BWT, plasticity gain, the
                                 soft-accuracy metrics and the dormant ratio, each with its interval.
 Interrupted, the same command resumes where it stopped (finished stages are kept).
 
-    uv run python bench/plasticity.py                       # testbed, seeds 0,1,2 (~2 h on 2 cores)
+    uv run python bench/plasticity.py                       # testbed, seeds 0,1,2 (~2 h)
     uv run python bench/plasticity.py --size tiny --seeds 0,1
 """
 
