@@ -15,8 +15,10 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cl_eval.logs import parse_log
+from cl_eval.probe import PROBE_PUZZLES, build_probe_set, load_model, soft_accuracy_and_kl
 from cl_eval.run import load_run
 from cl_trainer.local.tiny import WARM_STARTS, ensure_tiny_model
+from countdown_data.sft import COMPLETION_STYLES
 
 BIN = Path(sys.executable).parent
 GROUPS = ("plus", "plus_minus")
@@ -113,6 +115,26 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
     assert probes[2]["kl_moved"]["plus_minus"] >= 0
     assert (run_dir / "plots" / "plasticity_testbed.png").stat().st_size > 10_000
+
+
+def test_soft_accuracy_scores_the_answer_text_the_model_was_taught(run_dir: Path) -> None:
+    """The testbed's warm start teaches compact answers and records it; cl-eval scores that text,
+    which the base model finds likelier than the worked solutions it never saw."""
+    manifest = json.loads((run_dir / "run.json").read_text())
+    base, data = Path(manifest["base_model"]), Path(manifest["config"]["data_dir"])
+    assert json.loads((base / "tiny_model.json").read_text())["completion_style"] == "compact"
+    model, tokenizer = load_model(base)
+    scores = {}
+    for style in COMPLETION_STYLES:
+        probe = build_probe_set(data, GROUPS, tokenizer, PROBE_PUZZLES, style)
+        scores[style] = {
+            g: soft_accuracy_and_kl(model, None, tokenizer, probe.solutions[g])[0] for g in GROUPS
+        }
+    assert all(scores["compact"][g] > scores["worked"][g] for g in GROUPS), scores
+    consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
+    assert consolidated["plasticity"]["probes"][0]["soft_accuracy"] == pytest.approx(
+        scores["compact"]
+    )
 
 
 def test_compare_summarises_plasticity_from_the_checkpoints(run_dir: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -18,7 +19,8 @@ import countdown_data.dataset as dataset_mod
 from countdown_data.cli import main
 from countdown_data.dataset import SCHEMA, load_rows, write_table
 from countdown_data.groups import GROUPS, OPERATORS
-from countdown_data.sft import sft_examples
+from countdown_data.runs import WARM_START_RECORD, completion_style
+from countdown_data.sft import COMPLETION_STYLES, compact_completion, sft_examples
 from countdown_data.templates import group_of_prompt, prompt_operators
 from countdown_reward import compute_score
 
@@ -189,19 +191,39 @@ def test_solve_command() -> None:
 
 
 def test_sft_examples_score_full_reward(small_dir: Path, tmp_path: Path) -> None:
-    for template in (None, "compact", "chat"):
-        examples = sft_examples(small_dir, template=template, limit=25)
+    for template, style in itertools.product((None, "compact", "chat"), COMPLETION_STYLES):
+        examples = sft_examples(small_dir, template=template, limit=25, style=style)
         assert len(examples) == 25 * len(GROUPS)
         for ex in examples:
             response = ex["completion"]
             assert response.count("<think>") + ex["prompt"].endswith("<think>") == 1
             gt = {"target": ex["target"], "numbers": ex["nums"]}
             assert compute_score(f"countdown_{ex['group']}", response, gt) == 1.0
+            if style == "compact":
+                assert " " not in response and "</think><answer>" in response
     compact = sft_examples(load_rows(small_dir, "plus", "test"), template="compact", limit=3)
     assert compact[0]["prompt"].startswith("nums ") and len(compact) == 3
     res = run("sft", str(small_dir), "--out", str(tmp_path / "s.jsonl"), "--limit", "5")
     assert res.exit_code == 0, res.output
     assert len((tmp_path / "s.jsonl").read_text().splitlines()) == 5 * len(GROUPS)
+    with pytest.raises(ValueError, match="style 'terse': use one of worked, compact"):
+        sft_examples(small_dir, style="terse")
+
+
+def test_a_compact_sum_copies_the_prompt_order() -> None:
+    """A pure sum is written in the prompt's number order (what a small model can copy); any
+    other equation is the solution without spaces."""
+    assert compact_completion("7 + 3 + 5", [3, 5, 7]) == "<think></think><answer>3+5+7</answer>"
+    assert compact_completion("(7 - 3) * 5", [3, 5, 7]).endswith("<answer>(7-3)*5</answer>")
+    assert compact_completion("7 + 3", [3, 7], open_think=False) == "</think><answer>3+7</answer>"
+
+
+def test_a_base_model_without_a_record_is_scored_on_worked_solutions(tmp_path: Path) -> None:
+    assert completion_style(tmp_path) == "worked"
+    (tmp_path / WARM_START_RECORD).write_text('{"completion_style": "compact"}')
+    assert completion_style(tmp_path) == "compact"
+    (tmp_path / WARM_START_RECORD).write_text("[not json")
+    assert completion_style(tmp_path) == "worked"
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -6,7 +6,8 @@ On prompts of every group's test split:
   |activation| over the probe tokens is at most τ times its layer's average, τ ∈ {0, 0.025, 0.1};
 - the feature rank (srank, Kumar et al. 2021) of the final hidden state at each prompt's last
   token: the fewest singular values holding 99 % of their sum.
-On the reference solutions of those puzzles (countdown-data's SFT export), teacher-forced:
+On the reference solutions of those puzzles (countdown-data's SFT export, written in the style the
+base model was warm-started on when its record says so, else as worked solutions), teacher-forced:
 - soft accuracy: the mean per-token log-likelihood, per group — deterministic, no sampling noise;
 - the KL moved by a stage: per token, KL(p_after ‖ p_before) of the next-token distributions,
   averaged per group ("RL's Razor", Shenfeld et al. 2025: forgetting tracks the KL moved on the
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from countdown_data.runs import completion_style
 
 TAUS = (0.0, 0.025, 0.1)
 SRANK_DELTA = 0.01
@@ -66,8 +69,11 @@ class CheckpointProbe:
         }
 
 
-def build_probe_set(data_dir: Path, groups: Sequence[str], tokenizer: Any, k: int) -> ProbeSet:
-    """The first ``k`` test puzzles of each group, rendered as the trainer renders them."""
+def build_probe_set(
+    data_dir: Path, groups: Sequence[str], tokenizer: Any, k: int, style: str = "worked"
+) -> ProbeSet:
+    """The first ``k`` test puzzles of each group, rendered as the trainer renders them, with
+    their reference solutions written in ``style`` (``countdown_data.sft.COMPLETION_STYLES``)."""
     from countdown_data.dataset import load_rows, read_manifest
     from countdown_data.sft import sft_examples
     from countdown_data.templates import model_input
@@ -77,7 +83,7 @@ def build_probe_set(data_dir: Path, groups: Sequence[str], tokenizer: Any, k: in
     for g in groups:
         rows = load_rows(data_dir, g, "test")[:k]
         texts = [model_input(r["prompt"], template, tokenizer) for r in rows]
-        refs = sft_examples(rows)
+        refs = sft_examples(rows, style=style)
         prompts[g] = texts
         solutions[g] = [(t, ex["completion"]) for t, ex in zip(texts, refs, strict=True)]
     return ProbeSet(prompts, solutions)
@@ -237,8 +243,8 @@ def probe_checkpoints(
         # threads made the tiny model's probe 3x slower on 2 busy cores.
         small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
         torch.set_num_threads(1 if small else threads)
-        if probe is None:
-            probe = build_probe_set(data_dir, groups, tokenizer, k)
+        if probe is None:  # the reference text: what the first (base) model was taught, if known
+            probe = build_probe_set(data_dir, groups, tokenizer, k, completion_style(path))
         reference = None
         if start is not None:
             reuse = previous is not None and _same(previous[0], start)

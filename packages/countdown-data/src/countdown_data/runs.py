@@ -7,15 +7,33 @@ may depend on the other.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from countdown_data.groups import data_source
+
+WARM_START_RECORD = "tiny_model.json"
+"""Written last into a base model that cl-trainer builds and warm-starts itself (the CPU presets):
+how it was trained. Its ``completion_style`` (``countdown_data.sft.COMPLETION_STYLES``) is the
+answer text the model learned, which cl-eval's soft accuracy scores."""
 
 PROJECT = "ContinualCountdown"
 """veRL's ``trainer.project_name``; also the prefix of every stage's experiment name."""
 MANIFEST = "run.json"
+
+
+def completion_style(model_dir: Path) -> str:
+    """The completion style a base model was warm-started on (its record's), else ``worked``: the
+    SFT export's text, the closest thing to a real model's answers."""
+    try:
+        record = json.loads((Path(model_dir) / WARM_START_RECORD).read_text())
+    except (OSError, ValueError):
+        return "worked"
+    style = record.get("completion_style") if isinstance(record, dict) else None
+    return style if isinstance(style, str) else "worked"
 
 
 def stage_name(round_: int, group: str) -> str:

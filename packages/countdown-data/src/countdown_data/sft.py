@@ -19,6 +19,9 @@ from countdown_data.solver import equation_steps
 from countdown_data.templates import render_prompt
 
 THINK = "<think>"
+COMPLETION_STYLES = ("worked", "compact")
+"""How a reference solution is written out: ``worked`` (its steps, then the equation) or
+``compact`` (the equation alone, no spaces: what the CPU presets' character-level model learns)."""
 
 
 def sft_completion(solution: str, *, open_think: bool = True) -> str:
@@ -33,6 +36,17 @@ def sft_completion(solution: str, *, open_think: bool = True) -> str:
     return f"{head}{thought}</think><answer>{solution}</answer>"
 
 
+def compact_completion(solution: str, nums: Iterable[int], *, open_think: bool = True) -> str:
+    """``<think></think><answer>25+3*7</answer>`` for ``25 + 3 * 7``: no steps, no spaces, and a
+    pure sum written in the prompt's number order (a copy, not a sort): the short, copy-like
+    target a character-level model of 625K parameters can learn in a minute."""
+    answer = solution.replace(" ", "")
+    if set(answer) <= set("0123456789+"):
+        answer = "+".join(str(n) for n in nums)
+    head = THINK if open_think else ""
+    return f"{head}</think><answer>{answer}</answer>"
+
+
 def prompt_text(messages: list[Mapping[str, str]]) -> str:
     """A message list as one string: the contents joined by newlines (one message: its content)."""
     return "\n".join(m["content"] for m in messages)
@@ -45,14 +59,18 @@ def sft_examples(
     groups: Iterable[str] | None = None,
     template: str | None = None,
     limit: int | None = None,
+    style: str = "worked",
 ) -> list[dict[str, Any]]:
     """Prompt/completion pairs for supervised warm-starting.
 
     ``source`` is a data directory written by ``gen`` (its ``split`` of every manifest group, or of
     ``groups``) or rows as read from the parquet files. ``template`` re-renders prompts (e.g.
-    ``"compact"`` for a tiny model) instead of using the stored ones; ``limit`` caps rows per group.
+    ``"compact"`` for a tiny model) instead of using the stored ones; ``limit`` caps rows per group;
+    ``style`` is one of ``COMPLETION_STYLES``.
     Each example: ``prompt`` (str), ``completion`` (str), ``group``, ``target``, ``nums``.
     """
+    if style not in COMPLETION_STYLES:
+        raise ValueError(f"style {style!r}: use one of {', '.join(COMPLETION_STYLES)}")
     if isinstance(source, str | Path):
         names = list(groups) if groups is not None else read_manifest(Path(source))["groups"]
         rows: Iterable[Mapping[str, Any]] = [
@@ -76,11 +94,14 @@ def sft_examples(
             else row["prompt"]
         )
         prompt = prompt_text(messages)
+        open_think = not prompt.endswith(THINK)
         out.append(
             {
                 "prompt": prompt,
-                "completion": sft_completion(
-                    info["solution"], open_think=not prompt.endswith(THINK)
+                "completion": (
+                    sft_completion(info["solution"], open_think=open_think)
+                    if style == "worked"
+                    else compact_completion(info["solution"], row["nums"], open_think=open_think)
                 ),
                 "group": group,
                 "target": row["target"],

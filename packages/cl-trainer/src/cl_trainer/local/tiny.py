@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from countdown_data.atomic import building_dir
+from countdown_data.runs import WARM_START_RECORD
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -35,8 +36,11 @@ CHAT_TEMPLATE = (
 )
 """Only the messages' text and one token that opens the answer: prompts stay a few dozen tokens."""
 
-MARKER = "tiny_model.json"
+MARKER = WARM_START_RECORD
 """Written last into a finished model directory; its presence means the build completed."""
+COMPLETION_STYLE = "compact"
+"""The answer text the warm start teaches (``countdown_data.sft``); recorded in ``MARKER`` so
+cl-eval's soft accuracy scores the same text."""
 
 
 @dataclass(frozen=True)
@@ -142,29 +146,21 @@ def sft_pairs(
     """(prompt text, completion) pairs from ``countdown_data.sft`` for a group's train split.
 
     Prompts are the stored ones (what RL will see, whatever template ``gen`` used); completions
-    keep the solver's answer but drop the worked steps: a model this small cannot learn
-    multi-digit arithmetic in a minute, and the reward only reads the answer.
+    are the ``compact`` style (the answer without the worked steps): a model this small cannot
+    learn multi-digit arithmetic in a minute, and the reward only reads the answer.
     """
     from countdown_data.sft import sft_examples
 
     pairs = []
-    for i, ex in enumerate(sft_examples(data_dir, split="train", groups=[group])):
-        answer = _compact(ex)
+    examples = sft_examples(data_dir, split="train", groups=[group], style=COMPLETION_STYLE)
+    for i, ex in enumerate(examples):
+        completion = ex["completion"]
         if group == "plus" and early_stop_every and (i + 1) % early_stop_every == 0:
-            answer = answer.rsplit("+", 1)[0]
-        pairs.append((ex["prompt"], f"<think></think><answer>{answer}</answer>"))
+            head, rest = completion.split("<answer>", 1)
+            answer, tail = rest.split("</answer>", 1)
+            completion = f"{head}<answer>{answer.rsplit('+', 1)[0]}</answer>{tail}"
+        pairs.append((ex["prompt"], completion))
     return pairs
-
-
-def _compact(example: dict[str, Any]) -> str:
-    """The answer without spaces; a pure sum in the prompt's number order (a copy, not a sort).
-
-    Shorter, copy-like targets are what a char-level model this small can learn in a minute.
-    """
-    answer = example["completion"].split("<answer>", 1)[1].split("</answer>", 1)[0]
-    if set(answer) <= set("0123456789+ "):
-        return "+".join(str(n) for n in example["nums"])
-    return answer.replace(" ", "")
 
 
 def _encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
@@ -345,6 +341,7 @@ def ensure_tiny_model(
             "seed": seed,
             "data_dir": str(data_dir),
             "sft_steps": steps,
+            "completion_style": COMPLETION_STYLE,
             "sft_group_weights": warm_start.group_weights,
             "plus_early_stop_every": warm_start.plus_early_stop_every,
             "sft_seconds": round(sft_seconds, 2),
