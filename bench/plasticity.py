@@ -22,12 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+from cl_trainer.config import seed_out
 from cl_trainer.presets import DATA_COMMANDS
-from cl_trainer.remedies import PARAMS
+from cl_trainer.remedies import PARAMS, Remedy
 
 ARMS: dict[str, str | None] = {
     "none": None,
-    **{name: f"{name}:" + ",".join(f"{k}={v}" for k, v in p.items()) for name, p in PARAMS.items()},
+    **{name: Remedy(name, dict(p)).spec for name, p in PARAMS.items()},
 }
 """Each arm's ``--between-stages`` spec: every remedy at its default parameters."""
 BIN = Path(sys.executable).parent
@@ -62,7 +63,7 @@ def main() -> None:
             [str(BIN / "cl-trainer"), "--size", args.size, "--seeds", args.seeds,
              "--data-dir", str(data), "--out", str(args.out / arm), "--no-wandb", *remedy]
         )  # fmt: skip
-    labels = [x for arm in arms for x in ("--label", f"{arm}={args.out / arm}-s*")]
+    labels = [x for arm in arms for x in ("--label", f"{arm}={seed_out(args.out / arm, '*')}")]
     walls["compare"] = run(
         [str(BIN / "cl-eval"), "compare", "--plasticity", "--out", str(args.out / "compare"),
          *labels]

@@ -89,8 +89,8 @@ class Plasticity:
         return layers, M
 
     def soft_matrix(self, groups: list[str]) -> np.ndarray | None:
-        """Rows × groups of soft accuracy, shaped like the accuracy matrix R."""
-        if self.probes is None:
+        """Rows × groups of soft accuracy, shaped like R; None without probes."""
+        if not self.probes:
             return None
         return np.array(
             [[p.soft_accuracy.get(g, np.nan) for g in groups] for p in self.probes], dtype=float

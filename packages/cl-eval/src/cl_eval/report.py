@@ -396,11 +396,8 @@ def _dormant_matrix(p: Plasticity, tau: float = 0.025) -> tuple[list[int], np.nd
 
 
 def _soft_matrix(a: Analysis) -> tuple[list[str], np.ndarray] | None:
-    p = a.plasticity
-    if p is None or not p.probes:
-        return None
-    S = np.array([[pr.soft_accuracy.get(g, np.nan) for g in a.run.groups] for pr in p.probes])
-    return a.run.groups, S
+    S = None if a.plasticity is None else a.plasticity.soft_matrix(a.run.groups)
+    return None if S is None else (a.run.groups, S)
 
 
 def _overlap_matrix(p: Plasticity) -> tuple[list[str], list[str], np.ndarray] | None:

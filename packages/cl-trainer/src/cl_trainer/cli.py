@@ -14,7 +14,6 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,8 +24,10 @@ from cl_trainer.config import (
     SETTINGS,
     TrainerConfig,
     default_of,
+    default_out,
     preset_value,
     resolve_config,
+    seed_out,
 )
 from cl_trainer.console import Console
 from cl_trainer.engine import Engine, Stopped
@@ -168,8 +169,8 @@ def run(force: bool, verbose: bool, seeds: list[int] | None, **params: Any) -> N
         raise click.UsageError("give --seed or --seeds, not both")
     configs = [_config(params)]
     if seeds:
-        out = Path(params["out"] or Path("runs") / params["size"])
-        configs = [_config({**params, "seed": s, "out": f"{out}-s{s}"}) for s in seeds]
+        out = params["out"] or default_out(params["size"])
+        configs = [_config({**params, "seed": s, "out": seed_out(out, s)}) for s in seeds]
     console = Console(verbose=verbose)
     for cfg in configs:
         if len(configs) > 1:

@@ -253,13 +253,24 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
     except ValueError as exc:
         raise TrainerError(str(exc)) from None
     values["between_stages"] = [r.spec for r in parse_all(list(values["between_stages"]))]
-    out = Path(values["out"]) if values["out"] is not None else Path("runs") / size
+    out = Path(values["out"]) if values["out"] is not None else default_out(size)
     values["out"] = str(out.expanduser().resolve())
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
     values["model"] = _normalise_model(str(values["model"]))
     values["overrides"] = list(values["overrides"])
     values["preset_overrides"] = list(values["preset_overrides"])
     return TrainerConfig(**values)
+
+
+def default_out(size: str) -> Path:
+    """A run's directory without ``--out``: ``runs/<size>``."""
+    return Path("runs") / size
+
+
+def seed_out(out: Path | str, seed: int | str) -> str:
+    """The directory of one seed's curriculum under ``--seeds``: ``<out>-s<seed>``
+    (``seed="*"``: the glob of them all, for ``cl-eval compare``)."""
+    return f"{out}-s{seed}"
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
