@@ -200,3 +200,48 @@ def test_cli(tmp_path, full_run) -> None:
     assert r.exit_code == 1 and "does not exist" in r.output
     r = runner.invoke(main, ["-h"])
     assert r.exit_code == 0 and "report" in r.output
+
+
+def write_rollouts(path, success: list[float], per_step: int = 8) -> None:
+    """``rollouts/<stage>.parquet`` as cl-trainer compacts it: ``success[s]`` of step s+1's
+    samples correct, every wrong answer with the format reward."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from countdown_data.runs import ROLLOUT_COLUMNS
+
+    rows = [
+        (step, correct)
+        for step, rate in enumerate(success, start=1)
+        for correct in [True] * round(rate * per_step)
+        + [False] * (per_step - round(rate * per_step))
+    ]
+    table = {
+        "step": pa.array([s for s, _ in rows], pa.int32()),
+        "score": pa.array([1.0 if c else 0.1 for _, c in rows], pa.float32()),
+        "correct": pa.array([c for _, c in rows], pa.bool_()),
+        "response_chars": pa.array([20] * len(rows), pa.int32()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({k: table[k] for k in ROLLOUT_COLUMNS}), path)
+
+
+def test_training_success_rate_beside_validation_accuracy(tmp_path, full_run) -> None:
+    run = tmp_path / "r"
+    shutil.copytree(full_run, run, symlinks=True)
+    write_rollouts(run / "rollouts" / "R1_plus.parquet", [0.25, 0.5, 0.5, 0.75, 0.75, 1.0])
+    res = build_report(run, weights=False)
+    stages = res.consolidated["stages"]
+    assert stages[0]["training"]["success"]["last"] == 1.0
+    assert "success" not in stages[1]["training"]  # no rollouts for that stage
+    per_stage = json.loads((run / "metrics" / "metrics_1_plus_tiny.json").read_text())
+    success = per_stage["training"]["success"]
+    assert success["steps"] == [1, 2, 3, 4, 5, 6] and success["samples"] == [8] * 6
+    assert success["values"] == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+    assert success["lo"][0] < 0.25 < success["hi"][0] and success["hi"][-1] == 1.0
+    md = (run / "report.md").read_text()
+    training = md[md.index("## Training curves") :]
+    assert "**Training success rate**" in training and "critic/score/mean" in training
+    assert "| R1_plus | 0.250 [" in training and "1.000 [" in training
+    assert "| R1_plus_minus | not recorded |" in training
+    assert png_is_not_blank(run / "plots" / "training_metrics_tiny.png")

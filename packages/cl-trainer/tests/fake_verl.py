@@ -8,10 +8,12 @@ utils/logger/aggregate_logger.py:
   (``np.float64(0.5)``), ``val-core/<data_source>/acc/mean@1`` on the first step line (step 0 when
   fresh and ``trainer.val_before_train``) and on the last step line, interleaved with noise;
 - ``<default_local_dir>/global_step_N/{actor,critic}/huggingface/`` HF exports (config.json,
-  fp32 model.safetensors, tokenizer files), one FSDP shard set per GPU, ``data.pt``, and
+  fp32 model.safetensors, tokenizer files; the critic's with a ``score.weight`` value head under
+  the actor's config), one FSDP shard set per GPU, ``data.pt``, and
   ``latest_checkpointed_iteration.txt``; checkpoints every ``save_freq`` steps and at the last
   step; rotation by ``max_{actor,critic}_ckpt_to_keep`` of the role dirs this process saved
   (veRL's ``previous_saved_paths``: checkpoints of an earlier attempt are not rotated out);
+- ``<rollout_data_dir>/<step>.jsonl``, every step's training samples (two per step here);
 - ``resume_mode=auto``: restarts from the latest checkpointed step;
 - steps = train rows // train_batch_size (the dataloader drops the last partial batch) x epochs,
   or ``trainer.total_training_steps``.
@@ -56,9 +58,15 @@ def write_hf(dst: Path, source_model: str, step: int, role: str) -> None:
     config = json.loads(src_cfg.read_text()) if src_cfg.is_file() else {}
     config.update(_fake_step=step, _fake_started_from=source_model, _fake_role=role)
     (dst / "config.json").write_text(json.dumps(config))
+    if role == "critic":  # a value head under the actor's config, as veRL 0.9.1 saves it
+        config.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+        (dst / "config.json").write_text(json.dumps(config))
     if not os.environ.get("FAKE_VERL_NO_WEIGHTS"):
         weights = np.full((4, 4), step, dtype=np.float32)  # veRL exports the fp32 training copy
-        save_file({f"model.{role}.weight": weights}, str(dst / "model.safetensors"))
+        tensors = {f"model.{role}.weight": weights}
+        if role == "critic":
+            tensors["score.weight"] = weights[:1]
+        save_file(tensors, str(dst / "model.safetensors"))
     (dst / "generation_config.json").write_text("{}")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         src = Path(source_model) / name
@@ -103,6 +111,18 @@ def val_metrics(cfg: dict[str, object], step: int) -> dict[str, float]:
         out[f"val-core/countdown_{group}/acc/mean@1"] = round(0.1 + 0.01 * step, 4)
         out[f"val-aux/countdown_{group}/reward/mean@1"] = round(0.2 + 0.01 * step, 4)
     return out
+
+
+def dump_rollouts(dump_dir: Path, step: int) -> None:
+    """``<step>.jsonl`` with the fields of the v1 trainer's ``_log_rollout_data``: one right and
+    one wrong answer."""
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    gts = {"target": 10, "numbers": [3, 7]}
+    rows = [("<answer>3 + 7</answer>", 1.0), ("<answer>3 * 7</answer>", 0.1)]
+    with open(dump_dir / f"{step}.jsonl", "w") as f:
+        for i, (output, score) in enumerate(rows):
+            row = {"input": "3 7 -> 10", "output": output, "gts": gts, "score": score}
+            f.write(json.dumps(row | {"step": step, "uid": f"s{step}_{i}_0"}) + "\n")
 
 
 def line(step: int, metrics: dict[str, float]) -> str:
@@ -155,6 +175,8 @@ def main() -> int:
         if test_freq > 0 and (step == total or step % test_freq == 0):
             metrics.update(val_metrics(cfg, step))
         print(line(step, metrics), flush=True)
+        if cfg.get("trainer.rollout_data_dir"):
+            dump_rollouts(Path(str(cfg["trainer.rollout_data_dir"])), step)
         if fail_exp == exp and fail_step and step == int(fail_step):
             print(
                 "Traceback (most recent call last):\nRuntimeError: CUDA out of memory", flush=True

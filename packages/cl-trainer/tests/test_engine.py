@@ -8,12 +8,15 @@ import os
 import stat
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
+from cl_trainer import checkpoints
 from cl_trainer.checkpoints import latest_export
+from cl_trainer.checks import check_model
 from cl_trainer.config import TrainerConfig, resolve_config
 from cl_trainer.engine import Engine, RunLock, link_model_dir
-from cl_trainer.errors import TrainerError
+from cl_trainer.errors import TrainerError, UsageError
 
 from .conftest import Recorder
 
@@ -121,6 +124,15 @@ def test_full_run_chains_models_and_writes_everything(
     assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_5"]
     assert latest_export(ckpt) == 5
     assert (final / "model.safetensors").is_file()
+
+    # Training samples: each stage's per-step dumps compacted into one file, the dumps gone.
+    for s in m["stages"]:
+        table = pq.read_table(run / "rollouts" / f"{s['name']}.parquet")
+        assert table["step"].to_pylist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+        assert table["correct"].to_pylist() == [True, False] * 5
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == [
+        f"{n}.parquet" for n in sorted(names)
+    ]
 
     # Running the same command again is a no-op.
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
@@ -379,6 +391,31 @@ def test_ppo_critic_starts_from_each_stage_actor_by_default(
     c = read_calls(calls)
     assert [x["critic"] for x in c] == [x["model"] for x in c]
     assert c[1]["model"] == str(run / "metrics" / "final_1_plus")
+
+
+def test_the_critic_export_is_labelled_a_value_model(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """veRL saves the critic under the actor's ``*ForCausalLM`` config; the export says what it
+    holds (a value head), the actor's export is untouched, and preflight refuses it as a model."""
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(data_dir, hf_model, run, rounds=1, groups=["plus"])
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    critic, actor = run / "critics" / "final_1_plus", run / "metrics" / "final_1_plus"
+    kept = run / "checkpoints" / "R1_plus" / "global_step_5" / "critic" / "huggingface"
+    for path in (critic, kept):
+        config = json.loads((path / "config.json").read_text())
+        assert config["architectures"] == ["Qwen2ForTokenClassification"], path
+        assert config["id2label"] == {"0": "LABEL_0"} and config["_fake_role"] == "critic"
+        assert checkpoints.is_value_model(path)
+    assert checkpoints.architecture(actor) == "Qwen2ForCausalLM"
+    assert not checkpoints.is_value_model(actor)
+    with pytest.raises(UsageError, match="critic"):
+        check_model(make_cfg(data_dir, critic, tmp_path / "other", rounds=1))
 
 
 def test_an_export_without_weights_is_not_a_final_model(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from cl_trainer.local import checkpoint, tiny
 from cl_trainer.local.__main__ import main
 from cl_trainer.overrides import REWARD_FUNCTION, reward_module
 from countdown_data import GenConfig, write_dataset
+from countdown_reward.scoring import FORMAT_SCORE
 
 GROUPS = ("plus", "plus_minus")
 STEP_LINE = re.compile(r"^step:(\d+) - (.*)$")
@@ -89,7 +91,12 @@ def test_cli_runs_logs_and_checkpoints_like_verl(setup, tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "cl_trainer.local",
-            *overrides(data, model, ckpt, **{"trainer.save_freq": 2}),
+            *overrides(
+                data,
+                model,
+                ckpt,
+                **{"trainer.save_freq": 2, "trainer.rollout_data_dir": tmp_path / "rollouts"},
+            ),
         ],
         capture_output=True,
         text=True,
@@ -113,6 +120,17 @@ def test_cli_runs_logs_and_checkpoints_like_verl(setup, tmp_path: Path) -> None:
     ):
         assert key in steps[1] and key in steps[2]
     assert "val-core/countdown_plus/acc/mean@1" not in steps[1]
+
+    # Every training sample of every step, in veRL's rollout dump (PPOTrainer._log_rollout_data).
+    dumped = sorted((tmp_path / "rollouts").iterdir())
+    assert [p.name for p in dumped] == ["1.jsonl", "2.jsonl"]
+    for step, path in enumerate(dumped, start=1):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        assert len(rows) == 4 * 2  # train_batch_size x rollout.n
+        for row in rows:
+            assert set(row) == {"input", "output", "gts", "score", "step", "uid"}
+            assert row["step"] == step and row["score"] in (0.0, FORMAT_SCORE, 1.0)
+            assert set(row["gts"]) == {"target", "numbers"} and row["input"]
 
     assert (ckpt / checkpoint.TRACKER).read_text() == "2"
     assert [p.name for p in ckpt.iterdir() if p.is_dir()] == ["global_step_2"]

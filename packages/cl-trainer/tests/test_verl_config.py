@@ -5,6 +5,9 @@ This is what catches a renamed or removed veRL key on the next veRL upgrade.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import json
 import os
 import subprocess
@@ -12,11 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 import verl
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import PretrainedConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
+from verl.workers.config import HFModelConfig
 
 from cl_trainer.config import preset_value, resolve_config
 from cl_trainer.overrides import stage_overrides
@@ -183,3 +189,104 @@ def test_the_wandb_key_reaches_cluster_actors_but_no_argv_or_log(
     assert seen == ["key-123-secret", env["WANDB_RUN_GROUP"]]
     assert secret_env(cfg, {**env, "WANDB_MODE": "offline"}) == {}
     assert secret_env(resolve_config("1.5b", data_dir=data_dir), env) == {}
+
+
+ADDED_KEYS = {
+    "ray_kwargs.ray_init.": "a keyword of ray.init: main_ppo calls ray.init(**ray_init)",
+    ".override_config.": "an HF config attribute (HFModelConfig applies override_config to it) or "
+    "a key HFModelConfig reads itself (attn_implementation, passed to AutoConfig)",
+}
+"""Where a ``+``/``++`` key that veRL's YAML lacks is deliberately new, and what it must be."""
+
+
+def emitted_overrides(data_dir: Path, hf_model: Path, tmp_path: Path) -> list[str]:
+    """Every override the trainer emits, over presets, algorithms, devices and a cluster."""
+    out = []
+    for size in PRESETS:
+        for algo in ("ppo", "grpo"):
+            for device, backend in (("cuda", "verl"), ("cpu", "verl"), ("cpu", "local")):
+                for ray_address in (None, "10.0.0.1:6379"):
+                    cfg = resolve_config(
+                        size,
+                        algo=algo,
+                        device=device,
+                        backend=backend,
+                        ray_address=ray_address,
+                        data_dir=data_dir,
+                        out=tmp_path / "run",
+                        model=str(hf_model),
+                        between_stages=["replay:fraction=0.25"],
+                    )
+                    for plan in stage_plan(cfg, env={"WANDB_RUN_GROUP": "g"})[:2]:
+                        out += plan.argv[3:]
+    return sorted(set(out))
+
+
+def typed_fields(node: DictConfig) -> set[str] | None:
+    """The fields of the dataclass veRL builds a config node into (its ``_target_``)."""
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        return None
+    module, _, name = str(target).rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_every_emitted_key_exists_in_veRLs_configuration(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    """A renamed key fails here: a plain key would stop Hydra, but a ``++`` key would silently add
+    a dead one (a lost ``mixed_precision`` falls back to bf16)."""
+    base = compose_stage([])
+    ray_init = set(inspect.signature(ray.init).parameters)
+    hf_model_config = inspect.getsource(HFModelConfig.__post_init__)
+    checked = {"yaml": 0, "dataclass": 0, "added": 0}
+    for override in emitted_overrides(data_dir, hf_model, tmp_path):
+        key = override.split("=", 1)[0]
+        plus, key = key.startswith("+"), key.lstrip("+")
+        if key.startswith("hydra."):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if isinstance(node, DictConfig) and leaf in list(node):  # "???" values count too
+            checked["yaml"] += 1
+            continue
+        assert plus, f"{key} is not in veRL's configuration (Hydra would refuse it)"
+        fields = typed_fields(node)
+        if fields is not None:
+            assert leaf in fields, f"{key}: {leaf} is not a field of {parent}'s dataclass"
+            checked["dataclass"] += 1
+            continue
+        reason = next((r for pattern, r in ADDED_KEYS.items() if pattern in f".{key}"), None)
+        assert reason, f"{key} is new to veRL's configuration and not listed as deliberate"
+        if reason.startswith("a keyword of ray.init"):
+            assert key.split(".")[2] in ray_init, key
+        else:
+            read = f'override_config.get("{leaf}"' in hf_model_config
+            assert read or hasattr(PretrainedConfig(), leaf), key
+        checked["added"] += 1
+    assert min(checked.values()) > 0, checked
+
+
+def test_a_cpu_stage_on_a_cluster_carries_the_overlay_env_as_strings(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    """Nodes started with ``ray start`` do not inherit the trainer's environment: the overlay's
+    variables travel in the job's runtime env, which Ray accepts only as strings (``'1'``)."""
+    cfg = resolve_config(
+        "tiny",
+        algo="ppo",
+        backend="verl",
+        device="cpu",
+        nnodes=2,
+        ray_address="127.0.0.2:6379",
+        data_dir=data_dir,
+        out=tmp_path,
+        model=str(hf_model),
+    )
+    plan = stage_plan(cfg)[0]
+    conf = compose_stage(plan.argv[3:])
+    env_vars = OmegaConf.to_container(conf.ray_kwargs.ray_init.runtime_env.env_vars)
+    assert env_vars == plan.env and all(isinstance(v, str) for v in env_vars.values())
+    assert conf.trainer.nnodes == 2 and conf.trainer.n_gpus_per_node == 1
+    assert conf.ray_kwargs.ray_init.num_cpus is None  # the nodes declare their own CPUs

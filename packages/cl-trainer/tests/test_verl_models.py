@@ -90,6 +90,34 @@ def test_the_cpu_overlay_loads_every_policy_role_with_sdpa(
     assert not checks.needs_flash_attn(resolve_config("0.5b", device="cpu"))
 
 
+def test_the_cpu_overlay_loads_the_ppo_critic_with_sdpa_in_fp32_fsdp2(
+    data_dir: Path, qwen_like: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """veRL's engine builds the critic through ``load_valuehead_model`` (FlashAttention-2,
+    hard-coded); the plugin's loader, which the overlay's model config feeds, uses SDPA."""
+    import verl.utils.model
+
+    from cl_trainer import private_api
+
+    conf = stage_config(data_dir, qwen_like, tmp_path, device="cpu")  # 0.5b: PPO
+    critic = omega_conf_to_dataclass(conf.critic)
+    assert critic.strategy == critic.engine.strategy == "fsdp2"
+    assert critic.engine.mixed_precision["param_dtype"] == "fp32"
+    assert critic.model.hf_config._attn_implementation == "sdpa"
+    assert not critic.model.use_remove_padding
+    monkeypatch.setattr(verl.utils.model, "load_valuehead_model", load_valuehead_model)
+    private_api.use_configured_attention_for_value_models()
+    critic.model.hf_config.num_labels = 1  # as FSDPEngine._build_module does
+    module = verl.utils.model.load_valuehead_model(
+        critic.model.local_path, torch.float32, critic.model.hf_config, False
+    )
+    assert type(module).__name__ == "Qwen2ForTokenClassification"
+    assert module.config._attn_implementation == "sdpa"
+    assert checks.preflight(resolve_config("0.5b", device="cpu", data_dir=data_dir)) == [
+        checks.SLOW_ON_CPU
+    ]
+
+
 def test_base_prompts_reach_the_model_as_written(
     data_dir: Path, qwen_like: Path, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
 from cl_eval.plasticity import Plasticity, measure
+from cl_eval.rollouts import training_success
 from cl_eval.run import Run, RunError, Stage, load_run
 from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
@@ -38,7 +39,8 @@ TRAIN_KEYS: dict[str, tuple[str, ...]] = {
     "step_time": ("timing_s/step", "perf/time_per_step"),
 }
 """Short name -> veRL keys (first present wins). ppo_kl is the k1 estimate of KL(π_old‖π) per
-update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref)."""
+update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref). ``success``, the
+training success rate, comes from the stage's rollouts (``cl_eval.rollouts``), not the log."""
 
 
 @dataclass
@@ -114,6 +116,10 @@ def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> Stage
                     "max": max(finite) if finite else None,
                 }
                 break
+    if stage.rollouts is not None:
+        success = training_success(stage.rollouts)
+        if success is not None:
+            res.train["success"] = success.summary()
     return res
 
 

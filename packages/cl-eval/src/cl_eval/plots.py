@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -26,13 +26,15 @@ class StageSeries:
     steps: int
     series: dict[str, tuple[list[int], list[float]]]
     val: dict[str, tuple[list[int], list[float]]]
+    bands: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """95 % intervals (lower, upper) of the series that have one, drawn as a shaded band."""
 
 
 PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
-        "Success: batch reward (lines), validation accuracy (dots)",
-        ("score",),
-        "reward / accuracy",
+        "Train success rate (band: 95 %), mean reward, validation accuracy (dots)",
+        ("success", "score"),
+        "success / reward / accuracy",
     ),
     ("Policy / value loss", ("pg_loss", "vf_loss"), "loss"),
     ("Gradient norm", ("grad_norm",), "‖g‖"),
@@ -40,6 +42,13 @@ PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("Response clip ratio", ("clip_ratio",), "fraction"),
     ("Entropy and KL", ("entropy", "kl_loss", "ppo_kl"), "nats"),
 )
+
+
+LABELS = {
+    "success": "train success rate (correct answers)",
+    "score": "mean reward (incl. format reward)",
+}
+"""Legend entries where the short metric name would be ambiguous."""
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
@@ -81,12 +90,19 @@ def training_metrics(stages: Sequence[StageSeries], out: Path, title: str) -> Pa
             for st, off in zip(stages, offsets, strict=True):
                 xs, ys = st.series.get(key, ([], []))
                 if xs:
+                    if key in st.bands:
+                        lo, hi = st.bands[key]
+                        ax.fill_between(
+                            [off + x for x in xs], lo, hi, color=colors[ki], alpha=0.2, lw=0
+                        )
                     ax.plot(
                         [off + x for x in xs],
                         ys,
                         lw=0.9,
                         color=colors[ki],
-                        label=key if st is next(s for s in stages if key in s.series) else None,
+                        label=LABELS.get(key, key)
+                        if st is next(s for s in stages if key in s.series)
+                        else None,
                     )
                     drawn = True
         if n == 0:
@@ -115,8 +131,19 @@ def training_metrics(stages: Sequence[StageSeries], out: Path, title: str) -> Pa
         )
         ax.set_ylabel(ylabel)
         ax.margins(y=0.18)
+        if n == 0:  # fractions: room above 1 for the legend, clear of every curve and dot
+            ax.set_ylim(-0.05, 1.85)
+            ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
         if drawn:
-            ax.legend(fontsize=7, loc="lower right" if n == 0 else "best", framealpha=0.8)
+            ax.legend(
+                fontsize=7,
+                framealpha=0.8,
+                **(
+                    {"loc": "upper center", "bbox_to_anchor": (0.5, 0.92), "ncol": 2}
+                    if n == 0
+                    else {"loc": "best"}
+                ),
+            )
         else:
             ax.text(0.5, 0.5, "not logged", transform=ax.transAxes, ha="center", color="0.5")
     for ax in axes[-1]:

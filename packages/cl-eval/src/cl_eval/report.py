@@ -308,6 +308,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
                 )
                 for g in run.groups
             },
+            {k: (v["lo"], v["hi"]) for k, v in res.train.items() if "lo" in v},
         )
         for res in results
     ]
@@ -464,6 +465,39 @@ def _plasticity_section(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
             d.img(_rel(figs[key], a.run.path) or "", alt)
     if p.notes:
         d.ul(p.notes)
+
+
+def _training_success(d: Doc, a: Analysis) -> None:
+    """What the training curves' success panel shows, and per stage its first and last step."""
+    d.p(
+        "**Training success rate** (`success`): per training step, the fraction of that step's "
+        "training samples (sampled at the rollout temperature from the stage's training data, "
+        "`rollout.n` per prompt) whose answer the verifier accepts, from "
+        "`rollouts/<stage>.parquet`; each with its 95 % Wilson interval. **Mean reward** "
+        "(`critic/score/mean`, veRL's log) also counts the format reward of well-formed wrong "
+        "answers. **Validation accuracy** (dots) is greedy, on every group's test split."
+    )
+    rows = []
+    for k, res in enumerate(a.results, start=1):
+        s = res.train.get("success")
+        j = a.run.groups.index(res.stage.group)
+        if s is None:
+            rows.append([res.stage.name, "not recorded", "–", "–", "–"])
+            continue
+        rows.append(
+            [
+                res.stage.name,
+                f"{_ci(s['first'], s['lo'][0], s['hi'][0])} (step {s['steps'][0]})",
+                f"{_ci(s['last'], s['lo'][-1], s['hi'][-1])} (step {s['steps'][-1]})",
+                str(s["samples"][-1]),
+                f"{_fmt(float(a.R[k - 1, j]))} → {_fmt(float(a.R[k, j]))}",
+            ]
+        )
+    d.table(
+        ["stage", "train success, first step", "last step", "samples/step",
+         "val acc before → after (own group)"],
+        rows,
+    )  # fmt: skip
 
 
 def _rel(p: Path | None, root: Path) -> str | None:
@@ -624,6 +658,7 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
     )
     if "training" in figs:
         d.h(2, "Training curves")
+        _training_success(d, a)
         d.img(_rel(figs["training"], run.path) or "", "training metrics")
     if "weights" in figs:
         d.h(2, "Weight change")

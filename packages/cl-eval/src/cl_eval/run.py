@@ -30,6 +30,7 @@ class Stage:
     initial_model: Path | None = None
     final_model: Path | None = None
     validation_dir: Path | None = None
+    rollouts: Path | None = None
     global_steps: int | None = None
 
     @property
@@ -135,6 +136,7 @@ def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
             initial_model=_existing(path, raw.get("initial_model") or layout.initial_model),
             final_model=_existing(path, raw.get("final_model") or layout.final_model),
             validation_dir=_existing(path, raw.get("validation_dir") or layout.validation_dir),
+            rollouts=_existing(path, layout.rollouts),
             global_steps=steps if isinstance(steps := raw.get("global_steps"), int) else None,
         )
         stages.append(st)
@@ -174,7 +176,9 @@ def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
     for i, st in enumerate(stages):
         st.index = i
         st.status = "done" if st.final_model is not None else "unknown"
-        st.validation_dir = _existing(path, Layout(i, st.round, st.group).validation_dir)
+        layout = Layout(i, st.round, st.group)
+        st.validation_dir = _existing(path, layout.validation_dir)
+        st.rollouts = _existing(path, layout.rollouts)
     if stages:
         warnings.append("no run.json; stages discovered from logs/ and metrics/ file names")
         _note_gaps(stages, groups, warnings)

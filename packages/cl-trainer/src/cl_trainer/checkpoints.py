@@ -8,14 +8,21 @@ step (veRL writes it after the step's files).
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from pathlib import Path
+
+from cl_trainer.errors import TrainerError
+from countdown_data.atomic import write_atomic
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 """What makes an HF export complete: veRL writes ``config.json`` first, the weights after it."""
+VALUE_HEAD = "score.weight"
+"""The value head of veRL's critic: ``AutoModelForTokenClassification`` with one label."""
+VALUE_MODEL_SUFFIX = "ForTokenClassification"
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -68,3 +75,55 @@ def prune(root: Path, keep: int) -> list[int]:
     if keep == 0:
         (Path(root) / TRACKER).unlink(missing_ok=True)
     return doomed
+
+
+def weight_names(model_dir: Path) -> set[str]:
+    """The tensor names of an HF export, from its safetensors header or shard index."""
+    model_dir = Path(model_dir)
+    index = model_dir / WEIGHT_FILES[1]
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    from safetensors import safe_open
+
+    with safe_open(model_dir / WEIGHT_FILES[0], "np") as f:
+        return set(f.keys())
+
+
+def architecture(model_dir: Path) -> str | None:
+    """The model class an HF directory's ``config.json`` names, if it names one."""
+    with contextlib.suppress(OSError, ValueError, KeyError, IndexError, TypeError):
+        return str(json.loads((Path(model_dir) / "config.json").read_text())["architectures"][0])
+    return None
+
+
+def is_value_model(model_dir: Path) -> bool:
+    """A PPO critic's export (labelled by :func:`label_value_model`), not a language model."""
+    arch = architecture(model_dir)
+    return arch is not None and arch.endswith(VALUE_MODEL_SUFFIX)
+
+
+def label_value_model(model_dir: Path) -> str:
+    """Name a critic's HF export for what it holds; returns the architecture written.
+
+    veRL 0.9.1 saves the critic's export through the class its config names, the actor's
+    ``*ForCausalLM`` (``utils/checkpoint/fsdp_checkpoint_manager.py``), so the files claim a
+    language model while they hold a value head (``score.weight``, one label) and no ``lm_head``.
+    The config is rewritten (a new file: hard links to it elsewhere keep the old one) to the
+    token-classification class transformers maps the model type to, which loads it whole.
+    """
+    model_dir = Path(model_dir)
+    if VALUE_HEAD not in weight_names(model_dir):
+        raise TrainerError(f"{model_dir} has no value head ({VALUE_HEAD}): not a critic export")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES
+
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.get(config.get("model_type"))
+    if arch is None:
+        raise TrainerError(
+            f"{model_dir}: transformers has no token-classification class for model type "
+            f"{config.get('model_type')!r}, so the critic export cannot be labelled"
+        )
+    if config.get("architectures") != [arch]:
+        config["architectures"] = [arch]
+        write_atomic(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return arch

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from cl_trainer.checkpoints import architecture, is_value_model
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
 from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.presets import APPROX_PARAMS, DATA_COMMANDS, TINY_MODEL_SENTINEL
@@ -75,6 +76,11 @@ def check_model(cfg: TrainerConfig) -> None:
         raise UsageError(
             f"model {path} has no config.json: pass a Hugging Face model directory as --model"
         )
+    if is_value_model(path):
+        raise UsageError(
+            f"model {path} is a PPO critic's export (a value head, {architecture(path)}), not a "
+            "language model; pass an actor export such as metrics/final_<round>_<group>"
+        )
 
 
 def check_gpus(cfg: TrainerConfig, available: int | None = None) -> None:
@@ -89,14 +95,6 @@ def check_gpus(cfg: TrainerConfig, available: int | None = None) -> None:
             f"asked for --n-gpus-per-node {cfg.n_gpus_per_node} but this machine has "
             f"{found} GPU(s); "
             f"pass --n-gpus-per-node {found} (and a tensor-parallel size that divides it)"
-        )
-
-
-def check_device(cfg: TrainerConfig) -> None:
-    if cfg.backend == "verl" and cfg.device == "cpu" and cfg.ray_address:
-        raise UsageError(
-            "--device cpu runs veRL's trainer in one local Ray instance; drop --ray-address "
-            "(or --device cpu)"
         )
 
 
@@ -235,7 +233,6 @@ def preflight(
 ) -> list[str]:
     """Cheap checks first, GPUs last: every failure is one line naming the fix. Returns notes
     worth a line on the console."""
-    check_device(cfg)
     check_parallelism(cfg)
     check_batches(cfg)
     check_data(cfg)

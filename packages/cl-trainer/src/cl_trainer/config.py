@@ -161,6 +161,13 @@ class TrainerConfig:
     keep_checkpoints: int = setting(
         1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
     )
+    keep_rollout_text: bool = setting(
+        False,
+        "Keep every training sample's prompt, response and ground truth in "
+        "rollouts/<stage>.parquet (by default only its step, score, correctness and response "
+        "length: the text of a 0.5b stage is gigabytes).",
+        compared=False,
+    )
     seed: int = setting(
         0,
         "Seed of data order, sampling and the tiny model's init.",

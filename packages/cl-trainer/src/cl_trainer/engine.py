@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from cl_trainer import checkpoints
+from cl_trainer import checkpoints, rollouts
 from cl_trainer.checks import check_disk
 from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
 from cl_trainer.errors import TrainerError
@@ -419,6 +419,7 @@ class Engine:
         for p in plans:
             ckpt = self.run_dir / p.stage.checkpoint_dir
             targets += [ckpt / checkpoints.TRACKER, ckpt / "global_step_*"]
+            targets.append(self.run_dir / p.stage.rollouts)
         remove_stale_temps(targets)
 
     def _run_stage(self, plan: StagePlan, base: Path, total: int) -> int:
@@ -470,6 +471,11 @@ class Engine:
             return 1
         self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
         checkpoints.prune(ckpt, self.cfg.keep_checkpoints)
+        rollouts.compact(
+            self.run_dir / stage.rollout_dir,
+            self.run_dir / stage.rollouts,
+            keep_text=self.cfg.keep_rollout_text,
+        )
         self._finish(stage, t0, status="done", exit_code=0, global_steps=step)
         return 0
 
@@ -479,6 +485,7 @@ class Engine:
         ensure_tokenizer(final, actor)
         critic_hf = step_dir / "critic" / "huggingface"
         if self.cfg.uses_critic and checkpoints.has_weights(critic_hf):
+            checkpoints.label_value_model(critic_hf)
             link_model_dir(critic_hf, self.run_dir / stage.final_critic, fallback="copy")
 
     def _finish(self, stage: Stage, t0: float, **fields: Any) -> None:

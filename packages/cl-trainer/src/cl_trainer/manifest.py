@@ -82,7 +82,7 @@ def new_manifest(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> di
         "groups": list(cfg.groups),
         "config": cfg.to_dict(),
         "cpu_overlay": (
-            dict(zip(("overrides", "env"), cpu_overlay(), strict=True))
+            dict(zip(("overrides", "env"), cpu_overlay(cfg), strict=True))
             if uses_cpu_overlay(cfg)
             else None
         ),

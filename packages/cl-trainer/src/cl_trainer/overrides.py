@@ -47,12 +47,15 @@ def reward_module() -> str:
 _PLAIN = re.compile(r"^[\w./@:+~-]+$")
 
 
-def hydra_str(value: str) -> str:
-    """Quote a string for a Hydra override value when it has characters Hydra's grammar reserves."""
-    if _PLAIN.match(value):
-        return value
+def hydra_text(value: str) -> str:
+    """A string Hydra keeps a string (``'1'``, not the int 1): what Ray's ``env_vars`` require."""
     escaped = value.replace("\\", "\\\\").replace("'", "\\'")
     return f"'{escaped}'"
+
+
+def hydra_str(value: str) -> str:
+    """Quote a string for a Hydra override value when it has characters Hydra's grammar reserves."""
+    return value if _PLAIN.match(value) else hydra_text(value)
 
 
 def hydra_list(values: list[str]) -> str:
@@ -174,6 +177,7 @@ def stage_overrides(
         "trainer.logger=[console,wandb]" if cfg.wandb else "trainer.logger=[console]",
         f"trainer.default_local_dir={hydra_str(str(run / stage.checkpoint_dir))}",
         f"trainer.validation_data_dir={hydra_str(str(run / stage.validation_dir))}",
+        f"trainer.rollout_data_dir={hydra_str(str(run / stage.rollout_dir))}",
         "trainer.resume_mode=auto",
         f"trainer.max_actor_ckpt_to_keep={keep}",
         f"trainer.max_critic_ckpt_to_keep={keep}",
@@ -184,7 +188,7 @@ def stage_overrides(
         # A cluster started with `ray start` does not inherit this shell's environment.
         ov.append(f"+ray_kwargs.ray_init.address={hydra_str(cfg.ray_address)}")
         for key, value in sorted((wandb_env or {}).items()):
-            ov.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_str(value)}")
+            ov.append(f"+ray_kwargs.ray_init.runtime_env.env_vars.{key}={hydra_text(value)}")
     return ov + cfg.preset_overrides + cfg.overrides
 
 

@@ -58,7 +58,7 @@ def stage_plan(
     head = prefix if prefix is not None else backend_prefix(cfg)
     overlay: list[str] = []
     if uses_cpu_overlay(cfg):
-        overlay, overlay_env = cpu_overlay()
+        overlay, overlay_env = cpu_overlay(cfg)
         env |= overlay_env
     plans: list[StagePlan] = []
     actor = base_model_path(cfg)

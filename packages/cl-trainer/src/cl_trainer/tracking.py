@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from urllib.parse import urlparse
 
+from cl_trainer import private_api
 from cl_trainer.config import TrainerConfig
 from cl_trainer.overrides import wandb_group
 
@@ -58,11 +59,10 @@ def secret_env(cfg: TrainerConfig, env: dict[str, str]) -> dict[str, str]:
     variable (what ``ray job submit`` sets): ``ray.init`` merges its runtime env into the job's
     without printing it. Only when W&B is online; never part of ``plan``'s output.
     """
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
+    job_var = private_api.ray_job_config_env()
     key = os.environ.get("WANDB_API_KEY")
     if not (cfg.ray_address and key and env.get("WANDB_MODE") == "online"):
         return {}
-    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    job = json.loads(os.environ.get(job_var) or "{}")
     job.setdefault("runtime_env", {}).setdefault("env_vars", {})["WANDB_API_KEY"] = key
-    return {RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}
+    return {job_var: json.dumps(job)}

@@ -89,6 +89,17 @@ class Stage:
         return f"validation/{self.name}"
 
     @property
+    def rollout_dir(self) -> str:
+        """veRL's ``trainer.rollout_data_dir``: every training sample, one JSONL per step, until
+        the stage ends and they are compacted into :attr:`rollouts`."""
+        return f"rollouts/{self.name}"
+
+    @property
+    def rollouts(self) -> str:
+        """The stage's training samples, one row each (:data:`ROLLOUT_COLUMNS`)."""
+        return f"rollouts/{self.name}.parquet"
+
+    @property
     def replay_file(self) -> str:
         """The stage's training file when earlier groups are replayed into it."""
         return f"replay/{self.name}/train.parquet"
@@ -102,6 +113,11 @@ class Stage:
     def data_source(self) -> str:
         return data_source(self.group)
 
+
+ROLLOUT_COLUMNS = ("step", "score", "correct", "response_chars")
+""":attr:`Stage.rollouts`' columns: the training step, the reward, whether the answer is correct
+(the verifier's ``acc``, undiluted by the format reward) and the response's length in characters;
+``input``, ``output`` and ``gts`` (the samples' text) follow only when the user keeps them."""
 
 LOG_FILE = re.compile(rf"{PROJECT}_R(\d+)_(.+)\.log$")
 """Matches :attr:`Stage.log`'s file name: (round, group)."""

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +29,9 @@ from verl.trainer.ppo.metric_utils import (
     compute_throughout_metrics,
     compute_timing_metrics,
 )
-from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 from verl.trainer.ppo.ray_trainer import apply_kl_penalty as verl_apply_kl_penalty
 from verl.trainer.ppo.ray_trainer import compute_advantage as verl_compute_advantage
 from verl.trainer.ppo.reward import get_custom_reward_fn
-from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.utils.metric import reduce_metrics
 from verl.utils.reward_score import default_compute_score
 from verl.utils.torch_functional import (
@@ -43,7 +40,8 @@ from verl.utils.torch_functional import (
 )
 from verl.utils.tracking import Tracking
 
-from cl_trainer.local import checkpoint, rollout
+from cl_trainer import private_api
+from cl_trainer.local import checkpoint, dumps, rollout
 from cl_trainer.local.config import LocalConfigError
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
 
@@ -284,22 +282,12 @@ class LocalTrainer:
         infos: dict[str, list[Any]] = {"reward": rewards, **extras}
         dump = self.cfg.trainer.get("validation_data_dir")
         if dump:
-            decode = partial(self.tokenizer.decode, skip_special_tokens=True)
-            lengths = batch["response_mask"].sum(-1).tolist()
-            PPOTrainer._write_generations(
-                inputs=[decode(ex.prompt_ids) for ex in examples],
-                outputs=[
-                    decode(r[: int(m)]) for r, m in zip(batch["responses"], lengths, strict=True)
-                ],
-                gts=[ex.reward_model["ground_truth"] for ex in examples],
-                scores=rewards,
-                reward_extra_infos_dict={**extras, "uid": sample_uids},
-                dump_path=str(dump),
-                global_steps=self.global_steps,
+            extras_uid = {**extras, "uid": sample_uids}
+            dumps.write(
+                self.tokenizer, examples, batch, rewards, extras_uid, str(dump), self.global_steps
             )
         data_sources = [ex.data_source for ex in examples]
-        # veRL's own naming of val-core/val-aux metrics; the method uses nothing of its instance.
-        return RayPPOTrainer._val_metrics_update(None, data_sources, sample_uids, infos, [])
+        return private_api.val_metrics(data_sources, sample_uids, infos)
 
     def _update_actor(self, batch: dict[str, Any]) -> dict[str, list[float]]:
         """Mini-batch PPO epochs with ``core_algos``' policy loss, KL loss and ``agg_loss``."""
@@ -439,6 +427,13 @@ class LocalTrainer:
             with timer("testing", timing):
                 metrics.update(self.validate())
         metrics.update({"training/global_step": self.global_steps, "training/epoch": epoch})
+        dump = cfg.trainer.get("rollout_data_dir")
+        if dump:  # veRL dumps every training sample after the step's validation
+            rewards = batch["token_level_scores"].sum(-1).tolist()
+            extras = {"uid": list(uids)}
+            dumps.write(
+                self.tokenizer, examples, batch, rewards, extras, str(dump), self.global_steps
+            )
         proto = DataProto.from_dict(
             tensors={k: v for k, v in batch.items() if isinstance(v, torch.Tensor)},
             non_tensors={"uid": uids},

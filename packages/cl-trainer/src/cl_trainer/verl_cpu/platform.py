@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from verl.plugin.platform import PlatformBase
+from verl.plugin.platform import PlatformBase, PlatformRegistry
 
 
 def _host_memory() -> tuple[int, int]:
@@ -141,3 +141,18 @@ class PlatformCPU(PlatformBase):
 
     def cudart(self) -> None:
         return None
+
+
+def accelerator_present() -> bool:
+    """Whether any platform veRL ships with (CUDA, ROCm, Ascend NPU) is usable on this host.
+
+    veRL's probes answer False when their device is absent; one that raises is a broken install,
+    which should stop the run here rather than be taken for "no accelerator".
+    """
+    for name in PlatformRegistry.registered_names():
+        platform_cls = PlatformRegistry.get(name)
+        if platform_cls is PlatformCPU or platform_cls is None:
+            continue
+        if platform_cls().is_platform_available(use_smi_check=True):
+            return True
+    return False

@@ -34,6 +34,7 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
+from cl_trainer import private_api
 from cl_trainer.verl_cpu import ROLLOUT_NAME, ROLLOUT_THREADS_ENV
 
 
@@ -273,9 +274,7 @@ class HFReplica(RolloutReplica):
             )
         )
         await server.__ray_ready__.remote()
-        self.servers = [server]
-        self._server_handle = server
-        self._server_address = server_name(self.replica_rank)
+        private_api.set_replica_server(self, server, server_name(self.replica_rank))
 
 
 async def _buckets(
@@ -326,11 +325,14 @@ class HFServerAdapter(BaseRollout):
         self,
         weights: Any,
         wire_format: str = "named_tensors",
-        global_steps: int | None = None,
+        *,
         peft_config: Any = None,
-        **_kwargs: Any,
+        base_sync_done: bool = True,
+        global_steps: int | None = None,
     ) -> None:
-        if wire_format != "named_tensors" or peft_config is not None:
+        """Exactly the keywords veRL's worker passes (``private_api.update_weights_keywords``):
+        a new one is a TypeError here, not silently dropped."""
+        if wire_format != "named_tensors" or peft_config is not None or not base_sync_done:
             raise NotImplementedError(
                 f"{ROLLOUT_NAME} rollout takes full named tensors (no delta sync, no LoRA adapters)"
             )
