@@ -37,19 +37,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("pipeline")
     data = work / "data"
     _run(
-        str(BIN / "countdown-data"),
-        "gen",
-        "--out",
-        str(data),
-        "--groups",
-        ",".join(GROUPS),
-        "--profile",
-        "small",
-        "--train-size",
-        "200",
-        "--test-size",
-        "20",
-        cwd=work,
+        str(BIN / "countdown-data"), "gen", "--out", str(data), "--groups", ",".join(GROUPS),
+        "--profile", "small", "--train-size", "200", "--test-size", "20", cwd=work,
     )
     run = work / "runs" / "testbed"
     # Built here with few SFT steps to keep CI short; the trainer finds it complete and reuses it.
@@ -57,28 +46,11 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run / "base_model", data, warm_start=WARM_STARTS["testbed"], sft_steps=10, eval_samples=4
     )
     _run(
-        str(BIN / "cl-trainer"),
-        "--size",
-        "testbed",
-        "--groups",
-        ",".join(GROUPS),
-        "--data-dir",
-        str(data),
-        "--out",
-        str(run),
-        "--no-wandb",
-        "--train-batch-size",
-        "8",
-        "--ppo-mini-batch-size",
-        "8",
-        "--rollout-n",
-        "2",
-        "--between-stages",
-        "redo:tau=0.1",
-        "--",
-        "data.train_max_samples=16",
-        "data.val_max_samples=16",
-        cwd=work,
+        str(BIN / "cl-trainer"), "--size", "testbed", "--groups", ",".join(GROUPS),
+        "--data-dir", str(data), "--out", str(run), "--no-wandb",
+        "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
+        "--between-stages", "redo:tau=0.1",
+        "--", "data.train_max_samples=16", "data.val_max_samples=16", cwd=work,
     )
     _run(str(BIN / "cl-eval"), "report", "--run", str(run), cwd=work)
     return run
