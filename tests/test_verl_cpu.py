@@ -256,8 +256,9 @@ def layout(run: Path) -> set[str]:
 def test_two_nodes_leave_the_run_directory_of_one(
     two_nodes: tuple[Path, dict[str, str]], run: Path
 ) -> None:
-    """The same files (one FSDP shard per rank), run.json fields, log keys and sample counts;
-    the numbers differ, as two data-parallel ranks split each batch and sample with other seeds."""
+    """The same files (one FSDP shard per rank), run.json fields, log keys and sample counts, and
+    the same greedy answers before training; the training numbers differ, as two data-parallel
+    ranks split each batch, and two rollout replicas sample it with other random streams."""
     two, _ = two_nodes
     assert layout(two) == layout(run)
     one_m, two_m = (json.loads((r / "run.json").read_text()) for r in (run, two))
@@ -274,3 +275,8 @@ def test_two_nodes_leave_the_run_directory_of_one(
         assert pq.read_metadata(run / name).num_rows == pq.read_metadata(two / name).num_rows
     one_final, two_final = (r / "metrics" / "final_1_plus" for r in (run, two))
     assert weight_names(one_final) == weight_names(two_final)
+    answers = [
+        sorted((r["input"], r["output"]) for r in map(json.loads, path.read_text().splitlines()))
+        for path in (r / "validation" / "R1_plus" / "0.jsonl" for r in (run, two))
+    ]
+    assert answers[0] == answers[1]

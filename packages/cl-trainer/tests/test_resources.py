@@ -47,4 +47,3 @@ def test_a_cluster_node_needs_its_bundles_and_a_share_of_the_queue() -> None:
     assert (two.per_node, two.total) == (6, 9)
     eight = RayCpuDemand(gpus_per_node=8, nnodes=2, storage_units=8)
     assert eight.per_node == 24 + 1 + 4 + 1 and eight.total == 48 + 9 + 1
-    assert "storage unit(s)" in eight.explain()

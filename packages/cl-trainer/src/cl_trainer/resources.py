@@ -50,13 +50,6 @@ class RayCpuDemand:
         units = math.ceil(self.storage_units / self.nnodes)
         return self.bundles_per_node + TQ_ACTOR_CPUS * (1 + units) + PLACEMENT_CPUS
 
-    def explain(self) -> str:
-        return (
-            f"{BUNDLE_CPUS} per GPU bundle x {self.gpus_per_node} GPU(s) x {self.nnodes} node(s), "
-            f"{TQ_ACTOR_CPUS} each for the TransferQueue controller and its {self.storage_units} "
-            f"storage unit(s) ({TQ_STORAGE_UNITS_KEY}), {PLACEMENT_CPUS} to place other actors"
-        )
-
 
 def ray_cpu_demand(conf: Any) -> RayCpuDemand:
     """The demand of a composed veRL configuration (``ppo_trainer`` with a stage's overrides)."""
