@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cl_trainer import private_api
+from cl_trainer.errors import TrainerError
 from cl_trainer.rollouts import compact
 from countdown_data.runs import ROLLOUT_COLUMNS
 from countdown_reward.scoring import FORMAT_SCORE
@@ -38,9 +39,10 @@ def test_compaction_keeps_step_score_correctness_and_length(tmp_path) -> None:
     assert table["step"].to_pylist() == [1, 1, 1, 2, 2]
     assert table["correct"].to_pylist() == [True, False, False, True, True]
     assert table["score"].to_pylist() == pytest.approx([1.0, FORMAT_SCORE, 0.0, 1.0, 1.0])
-    assert table["response_chars"].to_pylist() == [len(RIGHT), len(WRONG), len(NONE)] + [
-        len(RIGHT)
-    ] * 2
+    assert (
+        table["response_chars"].to_pylist()
+        == [len(RIGHT), len(WRONG), len(NONE)] + [len(RIGHT)] * 2
+    )
 
 
 def test_the_text_is_kept_only_when_asked(tmp_path) -> None:
@@ -66,6 +68,24 @@ def test_a_cut_short_compaction_loses_nothing_when_rerun(tmp_path) -> None:
     assert table["step"].to_pylist() == [1, 2, 3, 3]
     assert table["correct"].to_pylist() == [True, False, True, False]
     assert compact(dumps, out) == 4  # nothing dumped: the file stands
+
+
+def test_a_line_cut_off_mid_write_is_left_out(tmp_path) -> None:
+    dumps, out = tmp_path / "d", tmp_path / "r.parquet"
+    dump(str(dumps), 1, [RIGHT, WRONG], [1.0, FORMAT_SCORE])
+    with (dumps / "1.jsonl").open("a") as f:
+        f.write('{"input": "Using 3 7 make 10", "output": "<ans')
+    assert compact(dumps, out) == 2
+
+
+def test_a_damaged_line_stops_the_compaction_naming_the_file(tmp_path) -> None:
+    dumps, out = tmp_path / "d", tmp_path / "r.parquet"
+    dump(str(dumps), 1, [RIGHT, WRONG], [1.0, FORMAT_SCORE])
+    text = (dumps / "1.jsonl").read_text()
+    (dumps / "1.jsonl").write_text("garbage\n" + text)
+    with pytest.raises(TrainerError, match=r"1\.jsonl:1 .*delete the file"):
+        compact(dumps, out)
+    assert (dumps / "1.jsonl").is_file() and not out.exists()
 
 
 def test_no_dumps_no_file(tmp_path) -> None:

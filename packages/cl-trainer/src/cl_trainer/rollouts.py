@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cl_trainer.errors import TrainerError
 from countdown_data.atomic import writing
 from countdown_data.runs import ROLLOUT_COLUMNS
 from countdown_reward.verifier import parse_ground_truth, verify_puzzle
@@ -56,13 +57,24 @@ def step_files(dump_dir: Path) -> list[tuple[int, Path]]:
 
 
 def read_step(path: Path, step: int, keep_text: bool) -> pa.Table:
-    """One ``<step>.jsonl`` dump as rows of :func:`schema`."""
+    """One ``<step>.jsonl`` dump as rows of :func:`schema`.
+
+    veRL writes a dump in a background thread, one ``\n``-terminated line per sample, so a stage
+    killed mid-write leaves a last line without its newline; that line is left out. Any other
+    line that is not a record is damage, and stops the compaction naming the file.
+    """
     columns: dict[str, list] = {name: [] for name in TYPES}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if not line.endswith("\n"):
+                    continue
+                raise TrainerError(
+                    f"{path}:{number} is not a veRL rollout record; delete the file to drop "
+                    "that step's training samples"
+                ) from None
             output = str(row["output"])
             verdict = verify_puzzle(output, *parse_ground_truth(row["gts"]))
             columns["step"].append(int(row.get("step", step)))
