@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from cl_trainer.checkpoints import latest_export
+from cl_trainer.checkpoints import has_weights
 from cl_trainer.config import TrainerConfig, resolve_config
 from cl_trainer.engine import Engine, RunLock, link_model_dir
 from cl_trainer.errors import TrainerError
+from cl_trainer.sizing import peak_checkpoints, run_size
+from cl_trainer.stages import plan_stages
 
 from .conftest import Recorder
 
 GROUPS2 = ["plus", "plus_minus"]
+RECORDED: list[Recorder] = []
+"""The reporter of every engine run_engine started, newest last."""
 
 
 def make_cfg(data_dir: Path, model: Path, out: Path, **kw: object) -> TrainerConfig:
@@ -51,7 +55,9 @@ def run_engine(
     monkeypatch.setenv("FAKE_VERL_FAIL", fail)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    return Engine(cfg, Recorder(), force=force, backend_cmd=backend).run()
+    reporter = Recorder()
+    RECORDED.append(reporter)
+    return Engine(cfg, reporter, force=force, backend_cmd=backend).run()
 
 
 def read_calls(path: Path) -> list[dict]:
@@ -116,11 +122,11 @@ def test_full_run_chains_models_and_writes_everything(
     base_init = run / "metrics" / "initial_1_plus" / "model.safetensors"
     assert base_init.read_bytes() == (hf_model / "model.safetensors").read_bytes()
 
-    # Pruning: only the last checkpoint (keep-checkpoints 1) survives; it stays resumable.
-    ckpt = run / "checkpoints" / "R1_plus"
-    assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_5"]
-    assert latest_export(ckpt) == 5
-    assert (final / "model.safetensors").is_file()
+    # Pruning: a done stage keeps its exports only (keep-checkpoints 0), actor and critic.
+    for s in m["stages"]:
+        assert list((run / "checkpoints" / s["name"]).iterdir()) == []
+        assert has_weights(run / s["final_model"])
+        assert has_weights(run / "critics" / s["final_model"].split("/")[1])
 
     # Running the same command again is a no-op.
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
@@ -174,11 +180,13 @@ def test_resume_after_interruption_before_and_after_a_stage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1)
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    kept = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, keep_checkpoints=1)
+    assert run_engine(kept, fake_backend, monkeypatch, calls) == 0
     m = manifest(run)
-    # "After a stage": the process finished but the engine died before recording it.
+    # "After a stage": the process finished but the engine died before recording it (and so
+    # before pruning: a stage is recorded done first).
     m["stages"][1].update(status="running", finished_at=None)
+    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1)
     # ... and a stage killed with the engine (status running, no checkpoint yet) is "before".
     (run / "run.json").write_text(json.dumps(m))
     assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
@@ -189,6 +197,9 @@ def test_resume_after_interruption_before_and_after_a_stage(
     log = (run / "logs" / "ContinualCountdown_R1_plus_minus.log").read_text()
     trained = [ln for ln in log.splitlines() if "step:5 -" in ln and "pg_loss" in ln]
     assert len(trained) == 1 and "setting global step to 5" in log
+    # Now kept to 0: the done stage's checkpoints go at the start, the resumed one's at its end.
+    assert not list((run / "checkpoints").glob("*/global_step_*"))
+    assert has_weights(run / "metrics" / "final_1_plus")
 
 
 def test_interruption_before_any_stage_ran(
@@ -398,3 +409,89 @@ def test_an_export_without_weights_is_not_a_final_model(
         stage["status"] == "failed" and "no global_step_N/actor/huggingface" in stage["error_tail"]
     )
     assert not (run / "metrics" / "final_1_plus").exists()
+
+
+def test_a_resumed_stage_holds_what_the_disk_check_counts(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """veRL rotates out only checkpoints written by the same process: before a resume the engine
+    keeps just the tracker's step, so the stage holds one more checkpoint than a fresh one, as
+    ``peak_checkpoints`` counts, however often it is resumed."""
+    run, calls, held = tmp_path / "run", tmp_path / "calls.jsonl", tmp_path / "held"
+    monkeypatch.setenv("FAKE_VERL_HELD", str(held))
+    cfg = make_cfg(
+        data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"], epochs=3, save_freq=2
+    )  # 15 steps, checkpoints at 2, 4, ..., 14 and 15
+    assert (
+        run_engine(cfg, fake_backend, monkeypatch, calls, fail="ContinualCountdown_R1_plus:5") == 1
+    )
+    ckpt = run / "checkpoints" / "R1_plus"
+    assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_2", "global_step_4"]
+    half = ckpt / "global_step_6" / "actor"  # a save cut short: written before the tracker
+    half.mkdir(parents=True)
+    assert (
+        run_engine(cfg, fake_backend, monkeypatch, calls, fail="ContinualCountdown_R1_plus:9") == 1
+    )
+    assert "removed the checkpoints of step 2, 6" in " ".join(RECORDED[-1].notes)
+    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    assert len(read_calls(calls)) == 3
+    (size,) = run_size(cfg, plan_stages(cfg))
+    held_at_saves = [int(n) for n in held.read_text().split()]
+    assert max(held_at_saves) == peak_checkpoints(cfg, size.checkpoints) == 3
+    assert list(ckpt.iterdir()) == []  # done: the exports are all that is left
+
+
+def test_done_stages_are_pruned_only_with_complete_exports(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    kept = make_cfg(data_dir, hf_model, run, rounds=1, keep_checkpoints=2)
+    assert run_engine(kept, fake_backend, monkeypatch, calls) == 0
+
+    def steps(name: str) -> list[str]:
+        return sorted(p.name for p in (run / "checkpoints" / name).glob("global_step_*"))
+
+    assert steps("R1_plus") == ["global_step_4", "global_step_5"]
+    (run / "critics" / "final_1_plus_minus" / "model.safetensors").unlink()
+    # The same run with the default: done stages lose their checkpoints when nothing is lost.
+    default = make_cfg(data_dir, hf_model, run, rounds=1)
+    assert run_engine(default, fake_backend, monkeypatch, calls) == 0
+    assert steps("R1_plus") == [] and steps("R1_plus_minus") == ["global_step_4", "global_step_5"]
+    notes = " ".join(RECORDED[-1].notes)
+    assert "[R1_plus] removed the checkpoints of step 4, 5" in notes
+    assert (
+        "[R1_plus_minus] keeping its checkpoints" in notes and "critics/final_1_plus_minus" in notes
+    )
+
+
+def test_the_wandb_key_travels_in_no_ray_job_config(
+    data_dir: Path,
+    hf_model: Path,
+    tmp_path: Path,
+    fake_backend: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a Ray cluster every actor inherits its node's ``ray start`` environment, which carries
+    the key; a job's runtime environment would show it in Ray's dashboard and state API."""
+    from cl_trainer import tracking
+
+    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
+    cfg = make_cfg(
+        data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"], ray_address="10.0.0.1:6379"
+    )
+    monkeypatch.setattr(tracking, "_reachable", lambda: True)
+    monkeypatch.setenv("FAKE_VERL_CALLS", str(calls))
+    monkeypatch.setenv("WANDB_API_KEY", "key-123-secret")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert Engine(cfg, Recorder(), backend_cmd=fake_backend).run() == 0
+    (call,) = read_calls(calls)
+    assert call["wandb_mode"] == "online"
+    assert "key-123-secret" not in json.dumps([call["argv"], call["ray_job_config"]])

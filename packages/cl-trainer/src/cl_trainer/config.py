@@ -83,6 +83,12 @@ class TrainerConfig:
     )
     rounds: int = setting(3, "Rounds through all groups.", minimum=1)
     epochs: int = setting(15, "Epochs per stage.", minimum=1, verl=("trainer.total_epochs",))
+    max_steps: int | None = setting(
+        None,
+        "Stop every stage after at most N steps (veRL's trainer.total_training_steps; default: "
+        "all its epochs): a short first run.",
+        minimum=1,
+    )
     groups: list[str] = setting(GROUPS, "Comma-separated groups in curriculum order.")
     data_dir: str = setting(str(DEFAULT_DATA_DIR), "Output of `countdown-data gen`.")
     out: str | None = setting(None, "Run directory [runs/<size>].", compared=False)
@@ -159,7 +165,11 @@ class TrainerConfig:
         "redo:tau=0.025, replay:fraction=0.25.",
     )
     keep_checkpoints: int = setting(
-        1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
+        0,
+        "veRL checkpoints (weights, optimizer) kept once a stage is done; 0: only its final HF "
+        "exports (metrics/, critics/), all that later stages and cl-eval read.",
+        minimum=0,
+        compared=False,
     )
     seed: int = setting(
         0,

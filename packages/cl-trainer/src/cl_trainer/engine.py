@@ -40,7 +40,7 @@ from cl_trainer.remedies import (
     write_replay,
 )
 from cl_trainer.stages import Stage, StagePlan, stage_plan
-from cl_trainer.tracking import secret_env, wandb_env
+from cl_trainer.tracking import wandb_env
 from countdown_data.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
 from countdown_data.dataset import load_rows, split_path
 from countdown_data.runs import MANIFEST
@@ -398,6 +398,7 @@ class Engine:
             plans = self.plans(check_network=True)
             self._remove_stale_temps(plans)
             self._open_manifest(plans)
+            self._prune_done(plans)
             todo = [p for p in plans if self._record(p.stage)["status"] != "done"]
             if not todo:
                 self.reporter.note(f"all {len(plans)} stages are done: {self.run_dir / MANIFEST}")
@@ -407,7 +408,7 @@ class Engine:
                 str(base) if self.cfg.model == TINY_MODEL_SENTINEL else self.cfg.model
             )
             for plan in todo:
-                code = self._run_stage(plan, base, len(plans))
+                code = self._run_stage(plan, base, plans)
                 if code != 0:
                     return code
             self.reporter.note(f"curriculum finished: {self.run_dir / MANIFEST}")
@@ -421,23 +422,57 @@ class Engine:
             targets += [ckpt / checkpoints.TRACKER, ckpt / "global_step_*"]
         remove_stale_temps(targets)
 
-    def _run_stage(self, plan: StagePlan, base: Path, total: int) -> int:
+    def _prune_done(self, plans: list[StagePlan]) -> None:
+        """Checkpoints a done stage still holds beyond ``keep_checkpoints`` (an engine stopped
+        between recording a stage done and pruning it, or a run made with more kept)."""
+        for p in plans:
+            if self._record(p.stage)["status"] == "done" and (gone := self._prune(p.stage)):
+                ckpt = self.run_dir / p.stage.checkpoint_dir
+                shown = ", ".join(map(str, gone))
+                self.reporter.note(
+                    f"[{p.stage.name}] removed the checkpoints of step {shown} ({ckpt})"
+                )
+
+    def _prune(self, stage: Stage) -> list[int]:
+        """Delete a done stage's checkpoints beyond ``keep_checkpoints``, once its exports (all
+        that later stages and cl-eval read) are complete. Returns the steps deleted."""
+        ckpt = self.run_dir / stage.checkpoint_dir
+        keep = self.cfg.keep_checkpoints
+        if len(checkpoints.steps(ckpt)) <= keep:
+            return []
+        exports = [stage.final_model] + ([stage.final_critic] if self.cfg.uses_critic else [])
+        missing = [e for e in exports if not checkpoints.has_weights(self.run_dir / e)]
+        if missing:
+            self.reporter.note(
+                f"[{stage.name}] keeping its checkpoints in {ckpt}: {', '.join(missing)} has no "
+                "weights"
+            )
+            return []
+        return checkpoints.prune(ckpt, keep)
+
+    def _run_stage(self, plan: StagePlan, base: Path, plans: list[StagePlan]) -> int:
         stage = plan.stage
         rec = self._record(stage)
         start = self._prepare(plan, base)
-        check_disk(self.cfg, str(start), stages_after=total - stage.index - 1)
         ckpt = self.run_dir / stage.checkpoint_dir
         resumed = rec["status"] in ("running", "failed", "interrupted")
+        if resumed and (gone := checkpoints.keep_resume_point(ckpt)):
+            shown = ", ".join(map(str, gone))
+            self.reporter.note(
+                f"[{stage.name}] removed the checkpoints of step {shown}: veRL resumes from step "
+                f"{checkpoints.read_tracker(ckpt)} and would never rotate them out"
+            )
+        check_disk(self.cfg, [p.stage for p in plans], str(start), first=stage.index)
         rec.update(status="running", exit_code=None, signal=None, error_tail=None, finished_at=None)
         rec["started_at"] = rec["started_at"] or now()
         self._save()
         log_path = self.run_dir / stage.log
-        self.reporter.stage_started(plan, total, resumed, log_path)
+        self.reporter.stage_started(plan, len(plans), resumed, log_path)
         t0 = time.monotonic()
         try:
             code = run_teed(
                 plan.argv,
-                {**plan.env, **secret_env(self.cfg, plan.env)},
+                plan.env,
                 log_path,
                 self.reporter,
                 cwd=self.run_dir,
@@ -469,8 +504,10 @@ class Engine:
             )
             return 1
         self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
-        checkpoints.prune(ckpt, self.cfg.keep_checkpoints)
+        # Recorded done before anything is deleted: a stop in between leaves extra checkpoints
+        # (pruned at the next start), never a done stage's exports without a way back.
         self._finish(stage, t0, status="done", exit_code=0, global_steps=step)
+        self._prune(stage)
         return 0
 
     def _link_finals(self, stage: Stage, step_dir: Path, actor: Path) -> None:
