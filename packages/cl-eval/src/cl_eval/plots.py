@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from countdown_data.atomic import write_atomic
+from cl_rundir.atomic import write_atomic
 
 
 @dataclass
@@ -255,12 +255,12 @@ def weight_change(
 
 def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
     """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
-    ``per_label[label][i]`` has ``mean``, ``lo``, ``hi`` for ``keys[i]``."""
+    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
     fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
     width = 0.8 / max(len(per_label), 1)
     x = np.arange(len(keys))
     for n, (label, ests) in enumerate(per_label.items()):
-        mean = np.array([np.nan if e.mean is None else e.mean for e in ests], dtype=float)
+        mean = np.array([np.nan if e.value is None else e.value for e in ests], dtype=float)
         lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
         hi = np.array([np.nan if e.hi is None else e.hi for e in ests], dtype=float)
         err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
