@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cl_rundir.layout import RUN_JSON
+from cl_rundir.layout import LOGS_DIR, RUN_JSON
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,7 +43,7 @@ def _run_dirs(runs: tuple[Path, ...], model_size: str | None, runs_root: Path) -
         sorted(
             d
             for d in runs_root.glob("*")
-            if d.is_dir() and ((d / RUN_JSON).is_file() or (d / "logs").is_dir())
+            if d.is_dir() and ((d / RUN_JSON).is_file() or (d / LOGS_DIR).is_dir())
         )
         if runs_root.is_dir()
         else []

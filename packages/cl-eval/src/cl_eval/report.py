@@ -20,6 +20,7 @@ from cl_eval.plasticity import SUMMARY_TAU, Plasticity, kl_forgetting_points
 from cl_eval.run import Run
 from cl_eval.stats import Estimate
 from cl_rundir.atomic import write_atomic
+from cl_rundir.layout import MODELS_DIR
 
 SCHEMA_VERSION = 1
 
@@ -180,7 +181,7 @@ def build_report(
     entries = [stage_entry(a.run, res) for res in a.results]
     outputs = write_stage_metrics(a, entries)
     consolidated = consolidated_metrics(a, entries)
-    cpath = a.run.path / "metrics" / f"consolidated_metrics_{a.run.size}.json"
+    cpath = a.run.path / MODELS_DIR / f"consolidated_metrics_{a.run.size}.json"
     write_json(cpath, consolidated)
     outputs.append(cpath)
     figs = write_plots(a)
@@ -231,7 +232,7 @@ def write_stage_metrics(a: Analysis, entries: list[dict]) -> list[Path]:
     for res, entry in zip(a.results, entries, strict=True):
         st = res.stage
         if res.log is not None or res.weights_stage is not None:
-            path = a.run.path / "metrics" / f"metrics_{st.round}_{st.group}_{a.run.size}.json"
+            path = a.run.path / MODELS_DIR / f"metrics_{st.round}_{st.group}_{a.run.size}.json"
             write_json(path, entry)
             out.append(path)
     return out
@@ -359,6 +360,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             _overlap_matrix(p),
             plot_dir / f"plasticity_{size}.png",
             f"{title}: plasticity",
+            tau=SUMMARY_TAU,
         )
         figs["kl"] = plots.kl_forgetting(
             _kl_points(a), plot_dir / f"kl_forgetting_{size}.png", f"{title}: forgetting vs KL"

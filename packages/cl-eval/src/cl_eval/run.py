@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cl_rundir.layout import LOG_FILE, MODEL_DIR, PROJECT, RUN_JSON, Stage, stage_name
+from cl_rundir.layout import (
+    LOG_FILE,
+    LOGS_DIR,
+    MODEL_DIR,
+    MODELS_DIR,
+    PROJECT,
+    RUN_JSON,
+    Stage,
+    stage_name,
+)
 from cl_rundir.record import RecordError, RunRecord, StageRecord, read_record
 from countdown_data.groups import GROUPS
 
@@ -89,7 +98,8 @@ def load_run(path: Path, size: str | None = None) -> Run:
         run = _from_layout(path, size, warnings)
     if not run.stages:
         raise RunError(
-            f"no stages in {path}: expected {RUN_JSON} or logs/{PROJECT}_R<round>_<group>.log"
+            f"no stages in {path}: expected {RUN_JSON} or "
+            f"{LOGS_DIR}/{PROJECT}_R<round>_<group>.log"
         )
     for st in run.stages:
         if st.log is not None and not st.log.is_file():
@@ -138,13 +148,13 @@ def _from_record(path: Path, record: RunRecord, size: str, warnings: list[str]) 
 
 def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
     found: dict[tuple[int, str], StageFiles] = {}
-    logs = path / "logs"
+    logs = path / LOGS_DIR
     for f in sorted(logs.glob(f"{PROJECT}_R*_*.log")) if logs.is_dir() else []:
         m = LOG_FILE.match(f.name)
         if m:
             key = (int(m.group(1)), m.group(2))
             found.setdefault(key, StageFiles(0, key[0], key[1])).log = f
-    metrics = path / "metrics"
+    metrics = path / MODELS_DIR
     for d in sorted(metrics.iterdir()) if metrics.is_dir() else []:
         m = MODEL_DIR.match(d.name)
         if m and d.is_dir():

@@ -13,6 +13,11 @@ PROJECT = "ContinualCountdown"
 """veRL's ``trainer.project_name``; also the prefix of every stage's experiment name."""
 RUN_JSON = "run.json"
 """The run's record (``cl_rundir.record``)."""
+LOGS_DIR = "logs"
+"""Every stage's console output (:attr:`Stage.log`)."""
+MODELS_DIR = "metrics"
+"""Every stage's initial and final HF model (the original experiments' name); cl-eval writes its
+metrics JSON beside them."""
 BASE_MODEL_DIR = "base_model"
 """Where cl-trainer builds a base model itself (the CPU presets)."""
 WARM_START_RECORD = "tiny_model.json"
@@ -57,17 +62,17 @@ class Stage:
     @property
     def log(self) -> str:
         """The stage process's whole console output (the original experiments' name)."""
-        return f"logs/{self.experiment_name}.log"
+        return f"{LOGS_DIR}/{self.experiment_name}.log"
 
     @property
     def initial_model(self) -> str:
         """The HF model the stage started from."""
-        return f"metrics/initial_{self.round}_{self.group}"
+        return f"{MODELS_DIR}/initial_{self.round}_{self.group}"
 
     @property
     def final_model(self) -> str:
         """The HF model at the stage's end: the next stage starts from it."""
-        return f"metrics/final_{self.round}_{self.group}"
+        return f"{MODELS_DIR}/final_{self.round}_{self.group}"
 
     @property
     def final_critic(self) -> str:

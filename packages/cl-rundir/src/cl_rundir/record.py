@@ -21,8 +21,6 @@ from cl_rundir.atomic import write_atomic
 from cl_rundir.layout import RUN_JSON, Stage, stage_name
 
 SCHEMA_VERSION = 1
-STATUSES = ("pending", "running", "done", "failed", "interrupted")
-"""A stage's life: pending → running → done, or failed / interrupted (then running again)."""
 
 
 class RecordError(ValueError):
@@ -53,6 +51,7 @@ class StageRecord:
     group: str
     name: str
     status: str = "pending"
+    """pending → running → done, or failed / interrupted (then running again on a resume)."""
     log: str | None = None
     initial_model: str | None = None
     final_model: str | None = None
