@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
@@ -50,7 +52,7 @@ def _collisions(fig: Figure) -> list[str]:
 
 def _plasticity(drawn: list[Figure], dormant: np.ndarray, tmp_path) -> Figure:
     rng = np.random.default_rng(0)
-    bounds = [f"{a}→{b}" for a, b in zip(ROWS[1:], ROWS[2:], strict=False)]
+    bounds = [f"{a}→{b}" for a, b in pairwise(ROWS[1:])]
     plots.plasticity(
         ROWS,
         ([0, 1, 2], dormant),
