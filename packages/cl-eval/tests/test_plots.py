@@ -80,9 +80,12 @@ def test_no_dormant_unit_is_said_not_coloured(drawn, tmp_path) -> None:
     assert _collisions(fig) == []
 
 
-def test_accuracy_cells_show_their_half_width_with_two_decimals(drawn, tmp_path) -> None:
-    R = np.array([[0.3, 0.1], [0.7, 0.05]])
-    plots.accuracy_matrix(
-        R, np.full(R.shape, 0.046281), ROWS[:2], GROUPS[:2], tmp_path / "a.png", "R"
-    )
-    assert "0.70\n±0.05" in _texts(drawn[-1])
+def test_accuracy_cells_show_their_interval_with_two_decimals(drawn, tmp_path) -> None:
+    """Bounds, not ± a half-width: near 0 an accuracy's interval is one-sided ([0.00, 0.01],
+    never a misleading ±0.00)."""
+    R = np.array([[0.3, 0.0], [0.7, 0.05]])
+    lo = np.array([[0.254719, 0.0], [0.653719, 0.031]])
+    hi = np.array([[0.348281, 0.0095], [0.746281, 0.072]])
+    plots.accuracy_matrix(R, (lo, hi), ROWS[:2], GROUPS[:2], tmp_path / "a.png", "R")
+    texts = _texts(drawn[-1])
+    assert "0.70\n[0.65, 0.75]" in texts and "0.00\n[0.00, 0.01]" in texts

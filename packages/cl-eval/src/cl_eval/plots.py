@@ -135,11 +135,11 @@ def _annotated(
     cmap: str,
     vmin: float,
     vmax: float,
-    half: np.ndarray | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
     small_only: bool = False,
 ) -> None:
-    """Heatmap with each cell's value written in it (and ``±half-width`` under it, if given);
-    ``small_only``: values only while the grid is small enough to read them."""
+    """Heatmap with each cell's value written in it (and its interval ``[lo, hi]`` under it, if
+    given); ``small_only``: values only while the grid is small enough to read them."""
     im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     plt.colorbar(im, ax=ax, fraction=0.046)
     if small_only and M.size > ANNOTATED_CELLS:
@@ -149,8 +149,8 @@ def _annotated(
         if not math.isnan(v):
             dark = v < mid if cmap in ("viridis", "magma") else abs(v - mid) > 0.6 * (vmax - mid)
             text = format(v, fmt)
-            if half is not None and math.isfinite(half[i, j]):
-                text += f"\n±{half[i, j]:{fmt}}"
+            if bounds is not None and np.isfinite([bounds[0][i, j], bounds[1][i, j]]).all():
+                text += f"\n[{bounds[0][i, j]:{fmt}}, {bounds[1][i, j]:{fmt}}]"
             ax.text(
                 j,
                 i,
@@ -164,16 +164,16 @@ def _annotated(
 
 def accuracy_matrix(
     R: np.ndarray,
-    half: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
     rows: Sequence[str],
     cols: Sequence[str],
     out: Path,
     title: str,
 ) -> Path:
-    """Annotated heatmap of R (rows: base + each stage; columns: groups), each cell with the
-    half-width of its 95 % interval."""
+    """Annotated heatmap of R (rows: base + each stage; columns: groups), each cell with its
+    95 % interval (as bounds: an accuracy's interval is not symmetric near 0 or 1)."""
     fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(cols), 1.2 + 0.6 * len(rows)))
-    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0, half)
+    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0, bounds)
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("evaluated group")

@@ -310,7 +310,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
     )
     figs["matrix"] = plots.accuracy_matrix(
         a.R,
-        (a.uncertainty.hi - a.uncertainty.lo) / 2,
+        (a.uncertainty.lo, a.uncertainty.hi),
         a.row_names,
         run.groups,
         plot_dir / f"accuracy_matrix_{size}.png",
