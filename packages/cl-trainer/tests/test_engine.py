@@ -406,3 +406,23 @@ def test_a_run_json_from_an_older_or_hand_edited_file_resumes(case: EngineCase) 
     with pytest.raises(TrainerError, match=r"stages\[0\]\.global_steps is a string.*--out"):
         case.engine(cfg)
     assert len(case.calls_made()) == 2
+
+
+def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
+    case: EngineCase,
+) -> None:
+    """run.json from a trainer without ``val_max_samples``: resuming it with the default is the
+    same training; asking for another value is a change like any other."""
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    assert case.engine(cfg) == 0
+    m = case.record()
+    del m["config"]["val_max_samples"]
+    m["stages"][0]["status"] = "interrupted"
+    (case.run / "run.json").write_text(json.dumps(m))
+    assert case.engine(cfg) == 0
+    m = case.record()
+    del m["config"]["val_max_samples"]
+    (case.run / "run.json").write_text(json.dumps(m))
+    capped = case.cfg(algo="grpo", rounds=1, groups=["plus"], val_max_samples=4)
+    with pytest.raises(TrainerError, match=r"val_max_samples: None -> 4"):
+        case.engine(capped)

@@ -10,7 +10,7 @@ from typing import Any
 
 from cl_rundir.layout import RUN_JSON, Stage
 from cl_rundir.record import RecordError, RunRecord, StageRecord, now, read_record
-from cl_trainer.config import NOT_COMPARED, TrainerConfig
+from cl_trainer.config import NOT_COMPARED, SETTINGS, TrainerConfig, default_of
 from cl_trainer.errors import TrainerError
 from cl_trainer.stages import uses_cpu_overlay
 from cl_trainer.verl_cpu import cpu_overlay
@@ -71,10 +71,12 @@ def read_run(run_dir: Path) -> RunRecord | None:
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: old -> new`` for every compared key that differs."""
+    """``key: old -> new`` for every compared key that differs. A setting added since the run
+    was made, at its default, is no change: the run trained with that default."""
+    defaults = {f.name: default_of(f) for f in SETTINGS}  # plain values (no remedy by default)
     lines = []
     for key in sorted(set(old) | set(new)):
-        if key in NOT_COMPARED:
+        if key in NOT_COMPARED or (key not in old and new.get(key) == defaults.get(key)):
             continue
         if old.get(key) != new.get(key):
             lines.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
