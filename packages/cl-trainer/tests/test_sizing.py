@@ -22,6 +22,8 @@ from cl_trainer.sizing import (
 from cl_trainer.stages import plan_stages
 from countdown_data.generate import GenConfig
 
+GROUPS2 = ["plus", "plus_minus"]
+
 
 def sizes_of(cfg, params: int | None = None):
     return run_size(cfg, plan_stages(cfg), params)
@@ -55,6 +57,14 @@ def test_steps_validations_and_checkpoints_count_as_verl_does(data_dir: Path) ->
     )  # fmt: skip
     (f,) = sizes_of(few)
     assert (f.rows, f.steps, f.val_prompts) == (20, 2, 5)
+    # The setting val_max_samples is veRL's data.val_max_samples; an override after `--` wins.
+    setting = resolve_config("tiny", data_dir=data_dir, groups=GROUPS2, val_max_samples=6)
+    assert sizes_of(setting)[0].val_prompts == 6
+    both = resolve_config(
+        "tiny", data_dir=data_dir, groups=GROUPS2, val_max_samples=6,
+        overrides=["data.val_max_samples=3"],
+    )  # fmt: skip
+    assert sizes_of(both)[0].val_prompts == 3
 
 
 def test_without_data_the_generators_defaults_give_the_runs_length(tmp_path: Path) -> None:

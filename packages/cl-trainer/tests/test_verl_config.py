@@ -18,10 +18,11 @@ from omegaconf import DictConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
+from cl_rundir.layout import Stage
 from cl_trainer.config import preset_value, resolve_config
 from cl_trainer.overrides import stage_overrides
 from cl_trainer.presets import PRESETS
-from cl_trainer.stages import Stage, stage_plan
+from cl_trainer.stages import stage_plan
 from cl_trainer.tracking import wandb_env
 
 CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")

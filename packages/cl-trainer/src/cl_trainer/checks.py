@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from cl_rundir.layout import Stage
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
 from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.presets import APPROX_PARAMS, DATA_COMMANDS, TINY_MODEL_SENTINEL
 from cl_trainer.sizing import disk_needed, model_params, run_size
 from countdown_data.dataset import split_path
-from countdown_data.runs import Stage
 
 ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
 

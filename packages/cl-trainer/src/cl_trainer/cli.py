@@ -35,9 +35,9 @@ from cl_trainer.config import (
 from cl_trainer.console import Console
 from cl_trainer.engine import Engine, Stopped
 from cl_trainer.errors import TrainerError, UsageError
-from cl_trainer.manifest import read_manifest
 from cl_trainer.overrides import format_command
 from cl_trainer.presets import DATA_COMMANDS, PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.record import read_run
 from cl_trainer.sizing import data_found, disk_needed, disk_peaks, peak_checkpoints, run_size
 from cl_trainer.stages import stage_plan
 from cl_trainer.tracking import wandb_env
@@ -112,7 +112,7 @@ def _option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[...
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if f.name == "groups":
         return click.option(flag, f.name, callback=_groups, help=help_text)
-    if kind == list[str]:  # repeatable; an empty tuple means "the preset's"
+    if typing.get_origin(kind) is list:  # repeatable; an empty tuple means "the preset's"
         return click.option(
             flag, f.name, multiple=True, callback=lambda _c, _p, v: list(v) or None,
             help=help_text,
@@ -204,8 +204,8 @@ def _train(cfg: TrainerConfig, console: Console, force: bool) -> int:
 def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
     """The plan as data: the resolved config, the run's size and, per stage, its start models,
     its size and its exact command."""
-    manifest = read_manifest(cfg.run_dir) or {}
-    status = {s["name"]: s["status"] for s in manifest.get("stages", [])}
+    record = read_run(cfg.run_dir)
+    status = {s.name: s.status for s in record.stages} if record else {}
     plans = stage_plan(cfg, env=wandb_env(cfg))
     sizes = run_size(cfg, [p.stage for p in plans])
     peaks = disk_peaks(sizes)

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cl_rundir.layout import PROJECT, Stage
 from cl_trainer.config import SETTINGS, TrainerConfig
-from cl_trainer.remedies import replay_fraction
+from cl_trainer.remedies import acting_on
 from cl_trainer.sizing import stage_steps
 from countdown_data.dataset import read_manifest, split_path
 from countdown_data.generate import GenConfig
-from countdown_data.runs import PROJECT, Stage
 from countdown_data.templates import COMPLETION_TEMPLATES, PASS_THROUGH_CHAT_TEMPLATE
 
 BACKEND_MODULES = {"verl": "verl.trainer.main_ppo", "local": "cl_trainer.local"}
@@ -88,8 +88,9 @@ def data_template(data_dir: str | Path) -> str:
 
 
 def replayed_groups(cfg: TrainerConfig, stage: Stage) -> list[str]:
-    """The groups a stage's replay draws from: every group trained before it but its own."""
-    if replay_fraction(cfg.between_stages) is None:
+    """The groups a stage's remedies that act on data draw from: every group trained before it
+    but its own (none without such a remedy)."""
+    if not acting_on(cfg.between_stages, "data"):
         return []
     order = [g for _ in range(cfg.rounds) for g in cfg.groups][: stage.index]
     return [g for g in dict.fromkeys(order) if g != stage.group]

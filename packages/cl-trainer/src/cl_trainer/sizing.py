@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cl_trainer.config import TrainerConfig
+from cl_rundir.layout import Stage
+from cl_trainer.config import SETTINGS, TrainerConfig
 from cl_trainer.presets import APPROX_PARAMS
-from cl_trainer.remedies import transforms_weights
+from cl_trainer.remedies import acting_on
 from countdown_data.dataset import split_path
 from countdown_data.generate import GenConfig
-from countdown_data.runs import Stage
 
 CHECKPOINT_BYTES_PER_PARAM = 4 + 4 + 8
 """One checkpoint of one trained model: its HF export (fp32: veRL saves the fp32 training copy),
@@ -37,8 +37,10 @@ characters of text): the records are bounded by every answer reaching the respon
 
 
 def override_value(cfg: TrainerConfig, key: str) -> str | None:
-    """The value the preset's or the user's overrides give ``key`` (the last wins, as in Hydra)."""
-    found = None
+    """The value veRL gets for ``key``: a setting declared with it (``val_max_samples``), then
+    the preset's and the user's overrides, which come after it in the stage's command (the last
+    wins, as in Hydra)."""
+    found = next((str(getattr(cfg, f.name)) for f in SETTINGS if key in f.metadata["verl"]), None)
     for item in [*cfg.preset_overrides, *cfg.overrides]:
         name, sep, value = item.lstrip("+").partition("=")
         if sep and name == key:
@@ -164,7 +166,7 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
     roles = 2 if cfg.uses_critic else 1
     ckpt = n * CHECKPOINT_BYTES_PER_PARAM * roles
     export = n * EXPORT_BYTES_PER_PARAM * roles
-    transformed = transforms_weights(cfg.between_stages)
+    transformed = bool(acting_on(cfg.between_stages, "weights"))
     prompts = val_prompts(cfg)
     record = prompts * (cfg.max_prompt_length + cfg.max_response_length)
     record *= VALIDATION_BYTES_PER_TOKEN
