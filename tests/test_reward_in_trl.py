@@ -1,71 +1,84 @@
-"""TRL's GRPOTrainer trains with the reward exactly as the package README shows it, and the
+"""TRL's GRPOTrainer trains with countdown-reward exactly as the package README shows it, and the
 rewards TRL logs are what ``verify()`` says of the completions TRL generated.
 
-The model and tokenizer are built here (no hub): a one-layer Qwen2 whose vocabulary is a few
-digits plus whole answers as single tokens, so that even a random model's samples hold right,
-wrong and missing answers, and a made-up ``Assistant:`` turn.
+TRL runs in an overlay environment: a virtual environment holding only the trl wheel that uv.lock
+pins (the ``trl`` dependency group), whose Python also sees the workspace's packages. So TRL runs
+with the workspace's torch and transformers, and the workspace itself never holds trl (veRL 0.9.1
+changes its model loading when trl is importable; see pyproject.toml). Installing the wheel needs
+PyPI, as the README's install does.
 """
 
-import re
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from datasets import Dataset
-from tokenizers import AddedToken
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
-from trl import GRPOConfig
 
 from countdown_reward import verify
 
-README = Path(__file__).resolve().parents[1] / "packages" / "countdown-reward" / "README.md"
-ANSWERS = [
-    "<answer>1+2</answer>",
-    "<answer>2-1</answer>",
-    "<answer>2*1</answer>",
-    "<answer>2/1</answer>",
-]
-WORDS = [*ANSWERS, "<answer>", "</answer>", "Assistant:", "hmm"]
-PAD, EOS = "<|endoftext|>", "<|im_end|>"
-PUZZLES = [([1, 2], 3), ([1, 2], 1), ([2, 1], 2), ([2, 1], 3)]
-STEPS, GENERATIONS = 2, 4
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT = Path(__file__).with_name("trl_client.py")
 
 
-def _model_dir(path: Path) -> Path:
-    """A Qwen2 model directory as a user would name it: AutoTokenizer loads it as Qwen2Tokenizer."""
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, "1", "2", "3", "=", "Ġ"])}  # Ġ: a space
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=PAD, eos_token=EOS, pad_token=PAD)
-    tokenizer.add_tokens([AddedToken(w, special=False, normalized=False) for w in WORDS])
-    tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-        "{% if add_generation_prompt %} {% endif %}"
+def _locked_trl() -> str:
+    """``trl==<version> --hash=sha256:...`` as uv.lock pins it."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    (package,) = (p for p in lock["package"] if p["name"] == "trl")
+    (wheel,) = package["wheels"]
+    return f"trl=={package['version']} --hash={wheel['hash']}"
+
+
+def _overlay(path: Path) -> Path:
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv is not on PATH (the README installs it: pip install uv)"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(path)], check=True)
+    python = path / "bin" / "python"
+    query = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    purelib = subprocess.run([python, "-c", query], capture_output=True, text=True, check=True)
+    workspace = sysconfig.get_paths()["purelib"]
+    # addsitedir, not a bare path: the workspace's own .pth files (editable members) must apply
+    pth = Path(purelib.stdout.strip(), "workspace.pth")
+    pth.write_text(f"import site; site.addsitedir({workspace!r})\n")
+    requirement = path / "trl.txt"
+    requirement.write_text(_locked_trl() + "\n")
+    install = [uv, "pip", "install", "--quiet", "--no-deps", "--require-hashes"]
+    subprocess.run([*install, "--python", str(python), "-r", str(requirement)], check=True)
+    return python
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("trl")
+    python = _overlay(tmp / "overlay")
+    out = tmp / "run"
+    out.mkdir()
+    done = subprocess.run(
+        [python, str(CLIENT), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},  # no hub: the model is built locally
     )
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, json.loads((out / "result.json").read_text())
 
 
-def _readme_example() -> str:
-    match = re.search(r"<!-- trl-example -->\n```python\n(.+?)```", README.read_text(), re.DOTALL)
-    assert match, "the countdown-reward README has no TRL example"
-    return match.group(1)
-
-
-def _question(numbers: list[int], target: int) -> str:
-    return f"{' '.join(map(str, numbers))} = {target}"
+def test_trl_runs_beside_the_workspace_never_in_it(run: tuple[Path, dict]) -> None:
+    _, result = run
+    assert importlib.util.find_spec("trl") is None  # the workspace environment holds no trl
+    versions = result["versions"]
+    assert _locked_trl().startswith(f"trl=={versions['trl']} ")
+    for package in ("torch", "transformers", "accelerate"):
+        assert versions[package] == version(package)  # the workspace's pins, unmoved
+    print(f"TRL client ran with {versions}")
 
 
 def _verified_score(text: str, numbers: list[int], target: int) -> float:
@@ -73,72 +86,32 @@ def _verified_score(text: str, numbers: list[int], target: int) -> float:
     return 1.0 if verdict.correct else 0.1 if verdict.has_answer else 0.0
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(_model_dir(tmp_path_factory.mktemp("model")))
-
-
-def _dataset(**extra_columns: list) -> Dataset:
-    return Dataset.from_dict(
-        {
-            "prompt": [[{"role": "user", "content": _question(n, t)}] for n, t in PUZZLES],
-            "target": [t for _, t in PUZZLES],
-            "nums": [n for n, _ in PUZZLES],
-            **extra_columns,
-        }
-    )
-
-
-def _args(out: Path) -> GRPOConfig:
-    return GRPOConfig(
-        output_dir=str(out),
-        use_cpu=True,
-        max_steps=STEPS,
-        per_device_train_batch_size=2 * GENERATIONS,  # two prompts per step
-        num_generations=GENERATIONS,
-        max_completion_length=4,
-        learning_rate=1e-3,
-        logging_steps=1,
-        log_completions=True,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-
-
 def test_grpo_trainer_logs_the_rewards_verify_gives_its_completions(
-    model: str, tmp_path: Path
+    run: tuple[Path, dict],
 ) -> None:
-    namespace = {"model": model, "args": _args(tmp_path), "dataset": _dataset()}
-    exec(_readme_example(), namespace)  # builds the trainer and trains, as a user would
-
-    puzzle_of = {_question(nums, t): (nums, t) for nums, t in PUZZLES}
-    history = namespace["trainer"].state.log_history
-    metrics = [
-        e["rewards/countdown_reward/mean"] for e in history if "rewards/countdown_reward/mean" in e
-    ]
-    assert len(metrics) == STEPS
+    out, result = run
+    key = "rewards/countdown_reward/mean"
+    logged = [entry[key] for entry in result["log_history"] if key in entry]
+    assert len(logged) == result["steps"]
     seen: set[float] = set()
-    for step, logged in enumerate(metrics, start=1):
-        table = pd.read_parquet(tmp_path / "completions" / f"completions_{step:05d}.parquet")
-        assert len(table) == 2 * GENERATIONS
+    for step, mean in enumerate(logged, start=1):
+        table = pd.read_parquet(out / "grpo" / "completions" / f"completions_{step:05d}.parquet")
+        assert len(table) == result["completions_per_step"]
         expected = []
         for prompt, completion in zip(table["prompt"], table["completion"], strict=True):
             (message,) = completion
-            expected.append(_verified_score(message["content"], *puzzle_of[prompt[0]["content"]]))
+            puzzle = result["puzzles"][prompt[0]["content"]]
+            expected.append(
+                _verified_score(message["content"], puzzle["numbers"], puzzle["target"])
+            )
         assert table["countdown_reward"].tolist() == pytest.approx(expected)  # float32 in TRL
-        assert logged == pytest.approx(sum(expected) / len(expected))
+        assert mean == pytest.approx(sum(expected) / len(expected))
         seen.update(expected)
     assert len(seen) >= 2, f"every completion scored {seen}: the comparison would prove nothing"
 
 
-def test_a_score_column_stops_grpo_at_the_first_step(model: str, tmp_path: Path) -> None:
-    namespace = {
-        "model": model,
-        "args": _args(tmp_path),
-        "dataset": _dataset(score=[0.5] * len(PUZZLES)),
-    }
-    with pytest.raises(ValueError, match=r"column.*'score'.*rename or remove"):
-        exec(_readme_example(), namespace)
-    assert namespace["trainer"].state.global_step == 0
+def test_a_score_column_stops_grpo_at_the_first_step(run: tuple[Path, dict]) -> None:
+    _, result = run
+    refused = result["score_column"]
+    assert refused["global_step"] == 0
+    assert refused["error"].startswith("ValueError: dataset column(s) 'score' share a name")
