@@ -13,6 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.reward import get_custom_reward_fn, load_reward_manager
+from verl.workers.reward_manager.batch import BatchRewardManager
 
 from cl_trainer.local.config import verl_config_dir
 from cl_trainer.local.tiny import build_tokenizer
@@ -68,23 +69,34 @@ def test_a_misspelt_reward_kwarg_fails_at_the_first_call() -> None:
         fn("countdown_plus", "<answer>4+6</answer>", GT, {})
 
 
-def _item(tokenizer, prompt: str, response: str) -> DataProto:
-    """One rollout as veRL's agent loop hands it to the reward loop: left-padded prompt ids,
-    right-padded response ids, one attention mask over both."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    r = tokenizer(response, add_special_tokens=False)["input_ids"]
+def _batch(tokenizer, prompt: str, responses: list[str], width: int = 64) -> DataProto:
+    """Rollouts as veRL's agent loop hands them to the reward loop: prompt ids left-padded and
+    response ids right-padded to one width, one attention mask over both."""
     pad = tokenizer.pad_token_id
-    prompts = torch.tensor([[pad] * 2 + p])
-    responses = torch.tensor([r + [pad] * 3])
-    mask = torch.tensor([[0] * 2 + [1] * len(p) + [1] * len(r) + [0] * 3])
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    rows = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses]
+    n = len(rows)
     return DataProto.from_dict(
-        tensors={"prompts": prompts, "responses": responses, "attention_mask": mask},
+        tensors={
+            "prompts": torch.tensor([[pad] * (width - len(p)) + p] * n),
+            "responses": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor(
+                [
+                    [0] * (width - len(p)) + [1] * (len(p) + len(r)) + [0] * (width - len(r))
+                    for r in rows
+                ]
+            ),
+        },
         non_tensors={
-            "data_source": np.array(["countdown_plus"], dtype=object),
-            "reward_model": np.array([{"ground_truth": GT}], dtype=object),
-            "extra_info": np.array([{}], dtype=object),
+            "data_source": np.array(["countdown_plus"] * n, dtype=object),
+            "reward_model": np.array([{"ground_truth": GT}] * n, dtype=object),
+            "extra_info": np.array([{} for _ in rows], dtype=object),
         },
     )
+
+
+PROMPT = "Use 4 6 2 1 to make 24, e.g. <answer>4*6*(2-1)</answer>. Assistant:"
+MADE_UP_TURN = "<answer>4*6*(2-1)</answer>\nUser: thanks\nAssistant: welcome"
 
 
 def test_readme_overrides_drive_verls_reward_manager_on_the_response_alone() -> None:
@@ -92,17 +104,23 @@ def test_readme_overrides_drive_verls_reward_manager_on_the_response_alone() -> 
     tokenizer = build_tokenizer()
     manager = load_reward_manager(cfg, tokenizer)
 
-    def reward(prompt: str, response: str) -> dict:
-        out = manager.loop.run_until_complete(
-            manager.run_single(_item(tokenizer, prompt, response))
-        )
-        return out["reward_extra_info"]
+    def reward(response: str) -> dict:
+        out = manager.run_single(_batch(tokenizer, PROMPT, [response]))
+        return manager.loop.run_until_complete(out)["reward_extra_info"]
 
-    prompt = "Use 4 6 2 1 to make 24, e.g. <answer>4*6*(2-1)</answer>. Assistant:"
     # veRL 0.9.1 passes the response alone: the prompt's example answer is never the model's
-    assert reward(prompt, "I give up") == {"score": 0.0, "acc": 0.0}
+    assert reward("I give up") == {"score": 0.0, "acc": 0.0}
     # and a made-up next turn after a right answer is text the model wrote, not a prompt
-    made_up = "<answer>4*6*(2-1)</answer>\nUser: thanks\nAssistant: welcome"
-    assert reward(prompt, made_up) == {"score": 1.0, "acc": 1.0}
+    assert reward(MADE_UP_TURN) == {"score": 1.0, "acc": 1.0}
     # the README's reward_kwargs line (format_score=0.0) reaches every call
-    assert reward(prompt, "<answer>4+6+2+1</answer>") == {"score": 0.0, "acc": 0.0}
+    assert reward("<answer>4+6+2+1</answer>") == {"score": 0.0, "acc": 0.0}
+
+
+def test_verls_batch_manager_calls_compute_score_batch() -> None:
+    # veRL 0.9.1 still ships the legacy BatchRewardManager, though its trainer's reward loop
+    # (naive, dapo, gdpo, remote) no longer offers it
+    fn = get_custom_reward_fn(_config("compute_score_batch", format_score=0.0))
+    tokenizer = build_tokenizer()
+    manager = BatchRewardManager(tokenizer, num_examine=0, compute_score=fn)
+    responses = [MADE_UP_TURN, "<answer>4+6+2+1</answer>", "I give up"]
+    assert manager.verify(_batch(tokenizer, PROMPT, responses)) == [1.0, 0.0, 0.0]

@@ -121,7 +121,7 @@ def compute_score_batch(
     includes_prompt: bool = False,
     **verl_keywords: Any,
 ) -> list[float]:
-    """veRL ``BatchRewardManager`` entry point (``reward_manager.name=batch``).
+    """Entry point for veRL's legacy ``BatchRewardManager`` (``verl.workers.reward_manager``).
 
     >>> compute_score_batch(
     ...     ["countdown", "countdown"],
