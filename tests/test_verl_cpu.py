@@ -22,18 +22,19 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from cl_eval.analysis import analyse
 from cl_eval.logs import parse_log
+from cl_rundir.layout import ROLLOUT_COLUMNS
 from cl_trainer.checkpoints import VALUE_HEAD, weight_names
 from cl_trainer.config import resolve_config
 from cl_trainer.local.tiny import ensure_tiny_model
 from cl_trainer.verl_cpu import ray_demand
 from countdown_data.dataset import split_path
 from countdown_data.groups import GROUPS, data_source
-from countdown_data.runs import ROLLOUT_COLUMNS
 from countdown_reward.scoring import FORMAT_SCORE
 
 from .loopback import loopback_cluster, node_ip
@@ -81,8 +82,8 @@ def train(
     val_files = ",".join(str(split_path(data, g, "test")) for g in GROUPS)
     cmd = [
         str(BIN / "cl-trainer"), "--size", "tiny", "--backend", "verl", "--device", "cpu",
-        "--groups", "plus", "--data-dir", str(data), "--out", str(run), "--no-wandb", *options,
-        "--", f"trainer.total_training_steps={steps}", f"data.val_files=[{val_files}]",
+        "--groups", "plus", "--data-dir", str(data), "--out", str(run), "--no-wandb",
+        "--max-steps", str(steps), *options, "--", f"data.val_files=[{val_files}]",
     ]  # fmt: skip
     proc = subprocess.run(
         cmd,
@@ -155,6 +156,17 @@ def test_hydra_writes_inside_the_run_directory(run: Path) -> None:
     assert [p for p in run.parent.parent.rglob(".hydra")] == [hydra]
 
 
+def test_a_done_stage_keeps_its_exports_not_its_checkpoints(run: Path) -> None:
+    assert not list((run / "checkpoints" / "R1_plus").glob("global_step_*"))
+    assert (run / "metrics" / "final_1_plus" / "model.safetensors").is_file()
+
+
+def test_verl_ran_with_the_step_cap_and_the_rollout_context(run: Path) -> None:
+    conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
+    assert conf.trainer.total_training_steps == GRPO_STEPS
+    assert conf.actor_rollout_ref.rollout.max_model_len == 96 + 48  # the tiny preset's lengths
+
+
 @pytest.mark.parametrize(("name", "steps", "per_step"), [("grpo", 2, 64), ("ppo", 1, 8)])
 def test_every_training_sample_is_kept_compact(
     name: str, steps: int, per_step: int, request: pytest.FixtureRequest
@@ -201,15 +213,14 @@ def test_cl_eval_reads_the_ppo_run(ppo: Path) -> None:
     a = analyse(ppo)
     assert a.R.shape == (2, 1) and a.stages_used == 1
     train = a.results[0].train
-    assert train["vf_loss"]["steps"] == [PPO_STEPS] and math.isfinite(train["vf_loss"]["last"])
-    assert train["success"]["samples"] == [TRAIN_BATCH]
+    assert train["vf_loss"].steps == [PPO_STEPS] and math.isfinite(train["vf_loss"].last)
+    assert train["success"].samples == [TRAIN_BATCH]
 
 
 # --------------------------------------------------------------------- two Ray nodes, one machine
 
 ACTOR_LINE = re.compile(r"\((\w+) pid=(\d+)(?:, ip=([\d.]+))?\)")
 """Ray's prefix of an actor's output in the driver's log; ``ip`` only for another node's."""
-SHARD = re.compile(r"_world_size_\d+_rank_\d+\.pt$")
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +228,8 @@ def two_nodes(
     inputs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, str]]:
     """The GRPO stage on a cluster of a head and a worker node, each with the CPUs its share of
-    the configuration holds (``cl_trainer.verl_cpu.ray_demand``) and one training process."""
+    the configuration holds (``cl_trainer.verl_cpu.ray_demand``) and one training process; its
+    last checkpoint kept, to show each rank's shard."""
     cfg = resolve_config("tiny", backend="verl", device="cpu", nnodes=2, ray_address="x")
     ray_dir = tmp_path_factory.mktemp("ray")
     with loopback_cluster(ray_dir, nodes=2, cpus_per_node=ray_demand(cfg).per_node) as cluster:
@@ -226,7 +238,7 @@ def two_nodes(
         env = {**cluster.env, "RAY_DEDUP_LOGS": "0"}
         run = train(
             inputs, "two_nodes", GRPO_STEPS, "--ray-address", cluster.address, "--nnodes", "2",
-            env=env,
+            "--keep-checkpoints", "1", env=env,
         )  # fmt: skip
     return run, nodes
 
@@ -248,15 +260,15 @@ def test_two_nodes_each_run_a_training_worker(two_nodes: tuple[Path, dict[str, s
 
 
 def layout(run: Path) -> set[str]:
-    """A run directory's files, FSDP shards named without their world size."""
+    """A run directory's files but its base model and kept checkpoints."""
     files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
-    return {SHARD.sub("_world_size_N_rank_R.pt", f) for f in files if not f.startswith("base_")}
+    return {f for f in files if not f.startswith(("base_", "checkpoints/"))}
 
 
 def test_two_nodes_leave_the_run_directory_of_one(
     two_nodes: tuple[Path, dict[str, str]], run: Path
 ) -> None:
-    """The same files (one FSDP shard per rank), run.json fields, log keys and sample counts, and
+    """The same files (and a FSDP shard per rank), run.json fields, log keys and sample counts, and
     the same greedy answers before training; the training numbers differ, as two data-parallel
     ranks split each batch, and two rollout replicas sample it with other random streams."""
     two, _ = two_nodes

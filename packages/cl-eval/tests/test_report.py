@@ -177,7 +177,7 @@ def test_cli(tmp_path, full_run) -> None:
     assert r.exit_code == 0, r.output
     assert "R1_plus_minus_mul_div" in r.output and "0.600" in r.output and "bwt" in r.output
     r = runner.invoke(main, ["matrix", str(full_run), "--json"])
-    assert json.loads(r.output)["values"][1][0] == pytest.approx(0.7)
+    assert json.loads(r.output)["accuracy_matrix"]["values"][1][0] == pytest.approx(0.7)
     a, b = full_run / "metrics/initial_1_plus", full_run / "metrics/final_1_plus"
     r = runner.invoke(main, ["diff", str(a), str(b), "--json", "--per-tensor"])
     assert r.exit_code == 0, r.output
@@ -204,11 +204,11 @@ def test_cli(tmp_path, full_run) -> None:
 
 def write_rollouts(path, success: list[float], per_step: int = 8) -> None:
     """``rollouts/<stage>.parquet`` as cl-trainer compacts it: ``success[s]`` of step s+1's
-    samples correct, every wrong answer with the format reward."""
+    samples correct, every wrong answer with the format reward, one answer per prompt (PPO)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from countdown_data.runs import ROLLOUT_COLUMNS
+    from cl_rundir.layout import ROLLOUT_COLUMNS
 
     rows = [
         (step, correct)
@@ -218,6 +218,7 @@ def write_rollouts(path, success: list[float], per_step: int = 8) -> None:
     ]
     table = {
         "step": pa.array([s for s, _ in rows], pa.int32()),
+        "prompt": pa.array([i % per_step for i in range(len(rows))], pa.int32()),
         "score": pa.array([1.0 if c else 0.1 for _, c in rows], pa.float32()),
         "correct": pa.array([c for _, c in rows], pa.bool_()),
         "response_chars": pa.array([20] * len(rows), pa.int32()),
@@ -237,6 +238,7 @@ def test_training_success_rate_beside_validation_accuracy(tmp_path, full_run) ->
     per_stage = json.loads((run / "metrics" / "metrics_1_plus_tiny.json").read_text())
     success = per_stage["training"]["success"]
     assert success["steps"] == [1, 2, 3, 4, 5, 6] and success["samples"] == [8] * 6
+    assert success["prompts"] == [8] * 6
     assert success["values"] == [0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
     assert success["lo"][0] < 0.25 < success["hi"][0] and success["hi"][-1] == 1.0
     md = (run / "report.md").read_text()

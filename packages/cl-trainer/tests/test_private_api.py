@@ -239,14 +239,3 @@ def test_a_broken_accelerator_probe_is_an_error_not_a_cpu(monkeypatch: pytest.Mo
     monkeypatch.setattr(PlatformRegistry, "get", classmethod(lambda _c, _n: Broken))
     with pytest.raises(RuntimeError, match="version mismatch"):
         accelerator_present()
-
-
-# ------------------------------------------------------------------------------------------ Ray
-
-
-def test_ray_init_reads_the_job_config_variable() -> None:
-    import ray._private.worker
-
-    name = private_api.ray_job_config_env()
-    assert name == "RAY_JOB_CONFIG_JSON_ENV_VAR"
-    assert f"os.environ.get({name})" in inspect.getsource(ray._private.worker)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from cl_rundir.layout import ROLLOUT_COLUMNS
 from cl_trainer import private_api
 from cl_trainer.errors import TrainerError
 from cl_trainer.rollouts import compact
-from countdown_data.runs import ROLLOUT_COLUMNS
 from countdown_reward.scoring import FORMAT_SCORE
 
 GT = {"target": 10, "numbers": [3, 7]}

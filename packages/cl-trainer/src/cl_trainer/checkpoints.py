@@ -13,8 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from cl_rundir.atomic import write_atomic
 from cl_trainer.errors import TrainerError
-from countdown_data.atomic import write_atomic
 
 TRACKER = "latest_checkpointed_iteration.txt"
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
@@ -127,3 +127,17 @@ def label_value_model(model_dir: Path) -> str:
         config["architectures"] = [arch]
         write_atomic(model_dir / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     return arch
+
+
+def keep_resume_point(root: Path) -> list[int]:
+    """Before a stage resumes: delete every step directory but the tracker's, the one veRL
+    resumes from. Older ones would stay to the stage's end (veRL rotates out only what it wrote
+    in the same process) and newer ones are half-written (the tracker is written last). Without
+    a tracker, or with its step missing, nothing is deleted. Returns the steps deleted."""
+    step = read_tracker(root)
+    if step is None or not step_dir(root, step).is_dir():
+        return []
+    doomed = [s for s in steps(root) if s != step]
+    for s in doomed:
+        shutil.rmtree(step_dir(root, s))
+    return doomed

@@ -196,14 +196,3 @@ def unpin_offload_policies() -> None:
         return __init__
 
     _wrap_once(CPUOffloadPolicy, "__init__", make)
-
-
-# ------------------------------------------------------------------------------------------ Ray
-
-
-def ray_job_config_env() -> str:
-    """The variable through which ``ray job submit`` hands a driver its job config; ``ray.init``
-    merges its runtime env into the job's without printing it (``ray._private``)."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    return RAY_JOB_CONFIG_JSON_ENV_VAR

@@ -22,15 +22,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cl_rundir.atomic import writing
+from cl_rundir.layout import ROLLOUT_COLUMNS
 from cl_trainer.errors import TrainerError
-from countdown_data.atomic import writing
-from countdown_data.runs import ROLLOUT_COLUMNS
 from countdown_reward.verifier import parse_ground_truth, verify_puzzle
 
 STEP_FILE = re.compile(r"^(\d+)\.jsonl$")
 TEXT_COLUMNS = ("input", "output", "gts")
 TYPES = {
     "step": pa.int32(),
+    "prompt": pa.int32(),
     "score": pa.float32(),
     "correct": pa.bool_(),
     "response_chars": pa.int32(),
@@ -56,6 +57,16 @@ def step_files(dump_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def prompt_of(row: dict, line: int) -> str:
+    """The prompt a dumped sample answers: veRL keys a sample ``{prompt uid}_{rollout}_{output}``
+    (``trainer_base.py``, ``_log_rollout_data``); a line without a uid is a prompt of its own."""
+    uid = row.get("uid")
+    if uid is None:
+        return f"line {line}"
+    parts = str(uid).rsplit("_", 2)
+    return parts[0] if len(parts) == 3 else str(uid)
+
+
 def read_step(path: Path, step: int, keep_text: bool) -> pa.Table:
     """One ``<step>.jsonl`` dump as rows of :func:`schema`.
 
@@ -64,6 +75,7 @@ def read_step(path: Path, step: int, keep_text: bool) -> pa.Table:
     line that is not a record is damage, and stops the compaction naming the file.
     """
     columns: dict[str, list] = {name: [] for name in TYPES}
+    prompts: dict[str, int] = {}
     with path.open(encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             try:
@@ -78,6 +90,7 @@ def read_step(path: Path, step: int, keep_text: bool) -> pa.Table:
             output = str(row["output"])
             verdict = verify_puzzle(output, *parse_ground_truth(row["gts"]))
             columns["step"].append(int(row.get("step", step)))
+            columns["prompt"].append(prompts.setdefault(prompt_of(row, number), len(prompts)))
             columns["score"].append(float(row["score"]))
             columns["correct"].append(verdict.correct)
             columns["response_chars"].append(len(output))

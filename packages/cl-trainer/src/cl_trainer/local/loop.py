@@ -430,7 +430,8 @@ class LocalTrainer:
         dump = cfg.trainer.get("rollout_data_dir")
         if dump:  # veRL dumps every training sample after the step's validation
             rewards = batch["token_level_scores"].sum(-1).tolist()
-            extras = {"uid": list(uids)}
+            # veRL's sample keys: {prompt uid}_{rollout}_{output}
+            extras = {"uid": [f"{u}_{i % n}_0" for i, u in enumerate(uids)]}
             dumps.write(
                 self.tokenizer, examples, batch, rewards, extras, str(dump), self.global_steps
             )
