@@ -14,6 +14,7 @@ from cl_trainer.cli import main
 from cl_trainer.config import resolve_config
 from cl_trainer.errors import TrainerError
 from cl_trainer.overrides import BACKEND_CMD_ENV
+from cl_trainer.resources import RayNode
 from countdown_data.generate import GenConfig
 
 from .conftest import FAKE_VERL
@@ -81,6 +82,11 @@ def test_plan_shows_how_long_and_how_large_the_run_is(data_dir: Path, tmp_path: 
     assert size["steps"] == sum(s["steps"] for s in stages) == 12 * per_stage
     assert size["disk_needed_bytes"] == max(s["disk_peak_bytes"] for s in stages)
     assert f"disk: about {checks.human_bytes(size['disk_needed_bytes'])} free needed" in out
+    # What the stage asks Ray for: 3 CPUs per GPU (4), the TransferQueue (1 + 8), 1 to place.
+    assert data["ray"] == {
+        "cpus": 22, "cpus_per_node": 22, "gpus_per_node": 4, "nnodes": 1, "storage_units": 8
+    }  # fmt: skip
+    assert "# ray: the stage holds 22 logical CPUs" in out
     assert not (tmp_path / "run").exists()  # plan writes nothing
     # From the data that is there: 40 rows per group at batch 8, 2 epochs, capped at 7 steps.
     small = ["--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--epochs", "2"]
@@ -199,7 +205,7 @@ def test_hub_ids_pass_the_model_check(data_dir: Path) -> None:
     that is not there is refused)."""
     cfg = resolve_config("0.5b", data_dir=data_dir)
     assert cfg.model == "Qwen/Qwen2.5-0.5B" and not Path(cfg.model).exists()
-    checks.preflight(cfg, gpus=2, flash_attn=True)
+    checks.preflight(cfg, gpus=2, flash_attn=True, ray_nodes=[RayNode(cpus=16, gpus=2)])
     with pytest.raises(TrainerError, match="model not found"):
         checks.preflight(resolve_config("0.5b", data_dir=data_dir, model="./Qwen2.5"), gpus=2)
 

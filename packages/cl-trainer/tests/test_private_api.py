@@ -239,3 +239,14 @@ def test_a_broken_accelerator_probe_is_an_error_not_a_cpu(monkeypatch: pytest.Mo
     monkeypatch.setattr(PlatformRegistry, "get", classmethod(lambda _c, _n: Broken))
     with pytest.raises(RuntimeError, match="version mismatch"):
         accelerator_present()
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def test_ray_counts_a_new_nodes_cpus_with_get_num_cpus() -> None:
+    from ray._private import resource_and_label_spec
+
+    source = inspect.getsource(resource_and_label_spec)
+    assert "self.num_cpus = ray._private.utils.get_num_cpus()" in source
+    assert private_api.ray_node_cpus() >= 1

@@ -20,6 +20,7 @@ from cl_trainer import checks
 from cl_trainer.config import resolve_config
 from cl_trainer.errors import TrainerError
 from cl_trainer.local import tiny
+from cl_trainer.resources import RayNode
 from cl_trainer.stages import stage_plan
 from countdown_data import load_rows
 
@@ -76,7 +77,7 @@ def test_gpu_roles_need_flash_attention_and_preflight_says_so_first(
         load_valuehead_model(critic.local_path, torch.float32, critic.hf_config, False)
     cfg = resolve_config("0.5b", data_dir=data_dir, out=tmp_path, model=str(qwen_like))
     with pytest.raises(TrainerError) as err:
-        checks.preflight(cfg, gpus=2)
+        checks.preflight(cfg, gpus=2, ray_nodes=[RayNode(cpus=16, gpus=2)])
     assert str(err.value).startswith("FlashAttention-2 does not work here (ModuleNotFoundError")
     assert "\n" not in str(err.value)
 

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -13,8 +14,18 @@ from cl_rundir.layout import Stage
 from cl_trainer.checkpoints import architecture, is_value_model
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
 from cl_trainer.errors import TrainerError, UsageError
+from cl_trainer.overrides import backend_prefix
 from cl_trainer.presets import APPROX_PARAMS, DATA_COMMANDS, TINY_MODEL_SENTINEL
+from cl_trainer.private_api import TQ_STORAGE_UNITS_KEY
+from cl_trainer.resources import (
+    RayCpuDemand,
+    RayNode,
+    cluster_nodes,
+    ray_cpu_demand,
+    shortfall,
+)
 from cl_trainer.sizing import disk_needed, model_params, run_size
+from cl_trainer.stages import stage_plan
 from countdown_data.dataset import split_path
 
 ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
@@ -161,6 +172,84 @@ def check_batches(cfg: TrainerConfig) -> None:
         )
 
 
+def emitted_config(cfg: TrainerConfig) -> Any:
+    """The first stage's veRL configuration, composed from veRL's own YAML with the stage's
+    command-line overrides as ``main_ppo`` composes it (veRL itself is not imported)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from cl_trainer.local.config import verl_config_dir
+
+    plan = stage_plan(cfg)[0]
+    overrides = plan.argv[len(backend_prefix(cfg)) :]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
+            return compose(config_name="ppo_trainer", overrides=overrides)
+    except Exception as exc:  # Hydra's errors have no common base class
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"veRL's configuration does not take this stage's overrides ({reason}); fix the "
+            "override after `--`"
+        ) from None
+
+
+def ray_nodes_here(cfg: TrainerConfig, conf: Any, demand: RayCpuDemand) -> list[RayNode]:
+    """What Ray will have: the cluster's alive nodes (``--ray-address``), else the one node
+    ``main_ppo``'s ``ray.init`` starts (``ray_kwargs.ray_init.num_cpus``, else Ray's count of
+    this machine's CPUs; its GPUs are :func:`check_gpus`' business)."""
+    if cfg.ray_address:
+        try:
+            return cluster_nodes(cfg.ray_address)
+        except RuntimeError as exc:
+            raise TrainerError(
+                f"cannot reach the Ray cluster at {cfg.ray_address} ({exc}); start its head "
+                "(deploy/compose.cluster.yaml) or fix --ray-address"
+            ) from None
+    from omegaconf import OmegaConf
+
+    from cl_trainer import private_api
+
+    declared = OmegaConf.select(conf, "ray_kwargs.ray_init.num_cpus")
+    cpus = float(declared) if declared is not None else private_api.ray_node_cpus()
+    return [RayNode(cpus, demand.gpus_per_node * demand.nnodes)]
+
+
+def check_ray_cpus(cfg: TrainerConfig, nodes: list[RayNode] | None = None) -> None:
+    """veRL's stage must find every logical CPU it holds, or Ray waits forever without an error.
+
+    ``nodes``: already known (tests); None: this machine, or the cluster at ``--ray-address``.
+    """
+    if cfg.backend != "verl":
+        return
+    conf = emitted_config(cfg)
+    demand = ray_cpu_demand(conf)
+    nodes = ray_nodes_here(cfg, conf, demand) if nodes is None else nodes
+    why = shortfall(demand, nodes)
+    if why is None:
+        return
+    held = (
+        f"3 per GPU bundle x {demand.gpus_per_node} GPU(s) x {demand.nnodes} node(s), 1 for the "
+        f"TransferQueue controller, {demand.storage_units} for its storage units, 1 to place the "
+        "other actors"
+    )
+    if cfg.ray_address:
+        fix = (
+            f"start every node with `ray start --num-cpus {demand.per_node} --num-gpus "
+            f"{demand.gpus_per_node}` (Ray's CPUs are scheduling slots, not cores) or lower "
+            "--nnodes"
+        )
+    else:
+        fix = (
+            f"pass `-- ++ray_kwargs.ray_init.num_cpus={demand.total}` (Ray's CPUs are scheduling "
+            "slots, not cores: the same processes run)"
+        )
+        spare = sum(n.cpus for n in nodes) - (demand.total - demand.storage_units)
+        if shortfall(RayCpuDemand(demand.gpus_per_node, demand.nnodes, 1), nodes) is None:
+            fix += f", or `-- {TQ_STORAGE_UNITS_KEY}={int(spare)}` for fewer processes"
+    raise TrainerError(f"Ray would wait forever for CPUs: {why} ({held}); {fix}")
+
+
 def human_bytes(n: float) -> str:
     """``1.2 GB``, ``340 MB``, ``12 kB`` (decimal units, as disk sizes are sold and shown)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -244,15 +333,20 @@ def check_flash_attn(cfg: TrainerConfig, works: bool | None = None) -> None:
 
 
 def preflight(
-    cfg: TrainerConfig, *, gpus: int | None = None, flash_attn: bool | None = None
+    cfg: TrainerConfig,
+    *,
+    gpus: int | None = None,
+    flash_attn: bool | None = None,
+    ray_nodes: list[RayNode] | None = None,
 ) -> list[str]:
     """Cheap checks first, GPUs last: every failure is one line naming the fix. Returns notes
-    worth a line on the console."""
+    worth a line on the console. ``gpus``, ``flash_attn``, ``ray_nodes``: already known (tests)."""
     check_parallelism(cfg)
     check_batches(cfg)
     check_data(cfg)
     check_model(cfg)
     check_gpus(cfg, gpus)
+    check_ray_cpus(cfg, ray_nodes)
     check_flash_attn(cfg, flash_attn)
     notes = []
     if cfg.backend == "verl" and cfg.device == "cpu" and cfg.size != "tiny":

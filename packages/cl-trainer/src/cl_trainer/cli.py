@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from cl_trainer.checks import human_bytes, preflight
+from cl_trainer.checks import emitted_config, human_bytes, preflight
 from cl_trainer.config import (
     SETTING_TYPES,
     SETTINGS,
@@ -38,6 +38,7 @@ from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.overrides import format_command
 from cl_trainer.presets import DATA_COMMANDS, PRESETS, TINY_MODEL_SENTINEL
 from cl_trainer.record import read_run
+from cl_trainer.resources import ray_cpu_demand
 from cl_trainer.sizing import data_found, disk_needed, disk_peaks, peak_checkpoints, run_size
 from cl_trainer.stages import stage_plan
 from cl_trainer.tracking import wandb_env
@@ -232,6 +233,7 @@ def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
         for p, size, peak in zip(plans, sizes, peaks, strict=True)
     ]
     first = sizes[0]
+    demand = ray_cpu_demand(emitted_config(cfg)) if cfg.backend == "verl" else None
     return {
         "run_dir": str(cfg.run_dir),
         "name": cfg.run_name,
@@ -247,6 +249,15 @@ def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
             "export_bytes": first.export_bytes,
             "disk_needed_bytes": disk_needed(sizes),
             "disk_free_bytes": shutil.disk_usage(existing_parent(cfg.run_dir)).free,
+        },
+        "ray": None
+        if demand is None
+        else {
+            "cpus": demand.total,
+            "cpus_per_node": demand.per_node,
+            "gpus_per_node": demand.gpus_per_node,
+            "nnodes": demand.nnodes,
+            "storage_units": demand.storage_units,
         },
         "stages": stages,
     }
@@ -303,6 +314,15 @@ def size_lines(data: dict[str, Any]) -> list[str]:
         + (f" and {plural(kept, 'checkpoint')}" if kept else "")
         + "; validation records are counted at their longest",
     ]
+    ray = data["ray"]
+    if ray:
+        per_node = f"{ray['cpus_per_node']} on each of the {ray['nnodes']} nodes"
+        where = f", {per_node} (`ray start --num-cpus`)" if cfg["ray_address"] else ""
+        lines.append(
+            f"# ray: the stage holds {ray['cpus']} logical CPUs (3 per GPU, the TransferQueue's "
+            f"controller and {ray['storage_units']} storage units, 1 to place the other "
+            f"actors){where}; preflight checks that Ray has them"
+        )
     return lines
 
 

@@ -196,3 +196,15 @@ def unpin_offload_policies() -> None:
         return __init__
 
     _wrap_once(CPUOffloadPolicy, "__init__", make)
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def ray_node_cpus() -> float:
+    """The logical CPUs ``ray.init()`` gives a node it starts without ``num_cpus``: Ray's own
+    count (``ray._private.utils.get_num_cpus``: the cgroup's CPU quota in a container, else the
+    machine's CPUs), which ``ResourceAndLabelSpec`` uses."""
+    from ray._private.utils import get_num_cpus
+
+    return float(get_num_cpus(override_docker_cpu_warning=True))

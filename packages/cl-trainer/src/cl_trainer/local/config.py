@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +17,11 @@ class LocalConfigError(ValueError):
 
 
 def verl_config_dir() -> Path:
-    import verl
-
-    return Path(verl.__file__).parent / "trainer" / "config"
+    """veRL's Hydra configs, found without importing veRL (which imports torch)."""
+    spec = importlib.util.find_spec("verl")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalConfigError("veRL is not installed: run `uv sync --locked`")
+    return Path(spec.submodule_search_locations[0]) / "trainer" / "config"
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
