@@ -1,6 +1,6 @@
 """Disk taken by one stage's training samples: veRL's raw rollout dumps vs the compacted file.
 
-Run: uv run python bench/rollout_size.py [--size 0.5b] [--response-chars 1000]
+Run: uv run python bench/rollout_size.py [--size 0.5b] [--algo grpo] [--response-chars 1000]
 A stage has (train rows // batch) x epochs steps of batch x rollout.n samples (the preset's
 settings and countdown-data's default 100,000 training puzzles per group). The compacted file is
 written as ``cl_trainer.rollouts`` writes it, from synthetic samples of high entropy (a coin
@@ -30,15 +30,18 @@ from countdown_reward.scoring import FORMAT_SCORE
 SAMPLE = 2_000
 
 
-def stage_shape(size: str, train_rows: int) -> tuple[int, int]:
-    """(steps per stage, samples per step) of a preset."""
-    cfg = resolve_config(size)
+def stage_shape(size: str, algo: str | None, train_rows: int) -> tuple[int, int, int]:
+    """(steps per stage, samples per step, answers per prompt) of a preset."""
+    cfg = resolve_config(size, **({"algo": algo} if algo else {}))
     limit = [o for o in cfg.preset_overrides if o.startswith("data.train_max_samples=")]
     rows = min(train_rows, int(limit[-1].split("=")[1])) if limit else train_rows
-    return rows // cfg.train_batch_size * cfg.epochs, cfg.train_batch_size * cfg.rollout_n
+    steps = rows // cfg.train_batch_size * cfg.epochs
+    return steps, cfg.train_batch_size * cfg.rollout_n, cfg.rollout_n
 
 
-def compact_bytes(steps: int, per_step: int, mean_chars: int, seed: int = 0) -> int:
+def compact_bytes(
+    steps: int, per_step: int, n_per_prompt: int, mean_chars: int, seed: int = 0
+) -> int:
     rng = np.random.default_rng(seed)
     n = steps * per_step
     correct = rng.random(n) < 0.5
@@ -46,6 +49,7 @@ def compact_bytes(steps: int, per_step: int, mean_chars: int, seed: int = 0) -> 
     table = pa.table(
         {
             "step": np.repeat(np.arange(1, steps + 1, dtype=np.int32), per_step),
+            "prompt": np.tile(np.arange(per_step, dtype=np.int32) // n_per_prompt, steps),
             "score": score,
             "correct": correct,
             "response_chars": rng.integers(1, 2 * mean_chars, size=n, dtype=np.int32),
@@ -82,12 +86,13 @@ def raw_bytes_per_sample(mean_chars: int, seed: int = 0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="0.5b")
+    ap.add_argument("--algo", default=None, help="ppo or grpo (default: the preset's)")
     ap.add_argument("--response-chars", type=int, default=1000, help="mean response length")
     ap.add_argument("--train-rows", type=int, default=GenConfig().train_size)
     args = ap.parse_args()
-    steps, per_step = stage_shape(args.size, args.train_rows)
+    steps, per_step, n_per_prompt = stage_shape(args.size, args.algo, args.train_rows)
     n = steps * per_step
-    compact = compact_bytes(steps, per_step, args.response_chars)
+    compact = compact_bytes(steps, per_step, n_per_prompt, args.response_chars)
     raw = raw_bytes_per_sample(args.response_chars) * n
     print(f"{args.size}: {steps} steps x {per_step} samples = {n:,} samples per stage")
     print(f"  raw rollout dumps (until the stage ends): {human_bytes(raw)}")

@@ -14,7 +14,8 @@ from cl_trainer.presets import APPROX_PARAMS
 from cl_trainer.sizing import (
     CHECKPOINT_BYTES_PER_PARAM,
     EXPORT_BYTES_PER_PARAM,
-    VALIDATION_BYTES_PER_TOKEN,
+    RECORD_BYTES_PER_TOKEN,
+    ROLLOUT_ROW_BYTES,
     disk_needed,
     model_params,
     run_size,
@@ -84,25 +85,34 @@ def test_a_finished_stage_keeps_its_exports_and_the_running_one_its_checkpoints(
 ) -> None:
     """Disk from the start of a stage: the running stage's checkpoints at their peak (veRL writes
     the next before deleting the last; a resumed stage still holds the one it resumed from), plus
-    every finished stage's exports, plus validation records at their longest."""
+    every finished stage's exports, plus validation records at their longest, plus the training
+    samples: raw while the stage runs (beside their compacted file), compacted once it is done."""
     n = 1_000_000
     grpo = resolve_config("0.5b", algo="grpo", data_dir=tmp_path / "none")
     sizes = sizes_of(grpo, n)
     ckpt, export = n * CHECKPOINT_BYTES_PER_PARAM, n * EXPORT_BYTES_PER_PARAM
-    records = sizes[0].validations * 4 * GenConfig().test_size * (256 + 1024)
-    records *= VALIDATION_BYTES_PER_TOKEN
-    assert sizes[0].at_peak == 3 * ckpt + records
-    assert sizes[0].kept == export + records
-    assert disk_needed(sizes) == 11 * (export + records) + 3 * ckpt + records
-    assert disk_needed(sizes, first=11) == 3 * ckpt + records
+    line = (256 + 1024) * RECORD_BYTES_PER_TOKEN
+    records = sizes[0].validations * 4 * GenConfig().test_size * line
+    samples = GenConfig().train_size // 256 * 15 * 256 * grpo.rollout_n  # n answers a prompt
+    assert sizes[0].samples == samples and sizes[0].rollout_bytes == samples * line
+    raw, compact = samples * line, samples * ROLLOUT_ROW_BYTES
+    assert sizes[0].at_peak == 3 * ckpt + records + raw + compact
+    assert sizes[0].kept == export + records + compact
+    assert disk_needed(sizes) == 11 * (export + records + compact) + sizes[0].at_peak
+    assert disk_needed(sizes, first=11) == sizes[0].at_peak
     ppo = sizes_of(resolve_config("0.5b", data_dir=tmp_path / "none"), n)
-    assert ppo[0].at_peak == 2 * 3 * ckpt + records  # actor and critic
+    ppo_samples = samples // grpo.rollout_n  # PPO: one answer per prompt
+    ppo_rollouts = ppo_samples * (line + ROLLOUT_ROW_BYTES)
+    assert ppo[0].at_peak == 2 * 3 * ckpt + records + ppo_rollouts  # actor and critic
     kept = sizes_of(resolve_config("0.5b", algo="grpo", keep_checkpoints=1,
                                    data_dir=tmp_path / "none"), n)  # fmt: skip
-    assert kept[0].kept == ckpt + records  # its newest checkpoint holds the exports
+    assert kept[0].kept == ckpt + records + compact  # its newest checkpoint holds the exports
     three = sizes_of(resolve_config("0.5b", algo="grpo", keep_checkpoints=3,
                                     data_dir=tmp_path / "none"), n)  # fmt: skip
-    assert three[0].at_peak == 4 * ckpt + records  # 3 kept, made room for, + the resumed one
+    assert three[0].at_peak == 4 * ckpt + records + raw + compact  # 3 kept, room, the resumed
+    text = sizes_of(resolve_config("0.5b", algo="grpo", keep_rollout_text=True,
+                                   data_dir=tmp_path / "none"), n)  # fmt: skip
+    assert text[0].kept == export + records + raw  # the text kept: bounded by the raw dumps
     remedy = sizes_of(resolve_config("0.5b", algo="grpo", between_stages=["redo"],
                                      data_dir=tmp_path / "none"), n)  # fmt: skip
     assert remedy[1].kept - remedy[0].kept == export  # the transformed metrics/initial_*

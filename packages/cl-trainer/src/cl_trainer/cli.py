@@ -312,7 +312,8 @@ def size_lines(data: dict[str, Any]) -> list[str]:
         "deleting the last; a resumed stage keeps the one it resumed from to its end), then "
         f"keeps its HF exports ({human_bytes(size['export_bytes'])})"
         + (f" and {plural(kept, 'checkpoint')}" if kept else "")
-        + "; validation records are counted at their longest",
+        + "; validation records and the running stage's training samples are counted at their "
+        "longest",
     ]
     ray = data["ray"]
     if ray:

@@ -31,9 +31,13 @@ its fp32 FSDP shards and Adam's two fp32 moments."""
 EXPORT_BYTES_PER_PARAM = 4
 """One fp32 HF export: what a finished stage keeps of each trained model (``metrics/final_*``,
 ``critics/final_*``), and a weight remedy's ``metrics/initial_*``."""
-VALIDATION_BYTES_PER_TOKEN = 4
-"""A validation record's JSON line per prompt-plus-response token, at most (a token is a few
-characters of text): the records are bounded by every answer reaching the response length."""
+RECORD_BYTES_PER_TOKEN = 4
+"""A validation record's or training sample's JSON line per prompt-plus-response token, at most (a
+token is a few characters of text): the records are bounded by every answer reaching the response
+length."""
+ROLLOUT_ROW_BYTES = 17
+"""A training sample in ``rollouts/<stage>.parquet`` without its text, before compression: int32
+step, prompt and response length, float32 score, a bool (``cl_trainer.rollouts``)."""
 
 
 def override_value(cfg: TrainerConfig, key: str) -> str | None:
@@ -140,11 +144,16 @@ class StageSize:
     """One checkpoint of every trained model (actor, and critic for PPO)."""
     export_bytes: int
     """One HF export of every trained model."""
+    samples: int
+    """Training samples (prompts x rollouts per step, every step)."""
+    rollout_bytes: int
+    """Their raw dumps (veRL's JSONL, until the stage ends) and their compacted file."""
     at_peak: int
     """What the stage itself holds at its peak: veRL's checkpoints, a weight remedy's initial
-    model, its validation records."""
+    model, its validation records, its raw training samples beside their compacted file."""
     kept: int
-    """What it holds once done: its exports, the checkpoints kept, the rest as at its peak."""
+    """What it holds once done: its exports, the checkpoints kept, the compacted training
+    samples, the rest as at its peak."""
 
 
 def peak_checkpoints(cfg: TrainerConfig, written: int) -> int:
@@ -168,8 +177,8 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
     export = n * EXPORT_BYTES_PER_PARAM * roles
     transformed = bool(acting_on(cfg.between_stages, "weights"))
     prompts = val_prompts(cfg)
-    record = prompts * (cfg.max_prompt_length + cfg.max_response_length)
-    record *= VALIDATION_BYTES_PER_TOKEN
+    line = (cfg.max_prompt_length + cfg.max_response_length) * RECORD_BYTES_PER_TOKEN
+    record = prompts * line
     sizes = []
     for stage in stages:
         steps = stage_steps(cfg, stage.group)
@@ -179,6 +188,9 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
         if transformed and stage.index:
             own += n * EXPORT_BYTES_PER_PARAM
         kept_ckpts = min(cfg.keep_checkpoints, written)
+        samples = steps * cfg.train_batch_size * cfg.rollout_n
+        raw = samples * line
+        compact = raw if cfg.keep_rollout_text else samples * ROLLOUT_ROW_BYTES
         sizes.append(
             StageSize(
                 stage=stage,
@@ -189,9 +201,11 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
                 checkpoints=written,
                 checkpoint_bytes=ckpt,
                 export_bytes=export,
-                at_peak=own + peak_checkpoints(cfg, written) * ckpt,
+                samples=samples,
+                rollout_bytes=raw,
+                at_peak=own + peak_checkpoints(cfg, written) * ckpt + raw + compact,
                 # The newest checkpoint kept holds the exports (hard links): counted once.
-                kept=own + (kept_ckpts * ckpt if kept_ckpts else export),
+                kept=own + (kept_ckpts * ckpt if kept_ckpts else export) + compact,
             )
         )
     return sizes
