@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from countdown_data.templates import group_of_prompt
 
 PuzzleKey = tuple[int, tuple[int, ...]]
@@ -33,6 +35,26 @@ class Validation:
 
     def answers(self, group: str) -> int:
         return sum(len(v) for v in self.outcomes.get(group, {}).values())
+
+
+@dataclass
+class PuzzleRecords:
+    """One group's per-puzzle outcomes at every row of the accuracy matrix (row 0 = base):
+    ``correct[i, p]`` of ``samples[i, p]`` answers to puzzle ``p`` were right (0 samples: the row
+    has no record). The puzzles are those every recorded row shares, in ``puzzles`` order."""
+
+    puzzles: tuple[PuzzleKey, ...]
+    correct: np.ndarray
+    samples: np.ndarray
+
+    @property
+    def rows(self) -> list[int]:
+        """The rows with a record of every puzzle."""
+        return [i for i in range(len(self.samples)) if (self.samples[i] > 0).all()]
+
+    def accuracy(self, row: int) -> np.ndarray:
+        """Per puzzle, the fraction of its answers that were right (the unbiased pass@1)."""
+        return self.correct[row] / self.samples[row]
 
 
 def _correct(record: dict) -> float:
