@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -260,12 +261,11 @@ def weight_change(
     return _save(fig, out)
 
 
-def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
-    """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
-    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
-    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
+def _grouped_bars(ax: plt.Axes, xlabels: Sequence[str], per_label: dict[str, list]) -> None:
+    """One group of bars per x label, one bar per series, whiskers for each estimate's interval
+    (``per_label[label][i]``: an estimate with value, lo, hi)."""
     width = 0.8 / max(len(per_label), 1)
-    x = np.arange(len(keys))
+    x = np.arange(len(xlabels))
     for n, (label, ests) in enumerate(per_label.items()):
         mean = np.array([np.nan if e.value is None else e.value for e in ests], dtype=float)
         lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
@@ -274,9 +274,81 @@ def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, 
         ax.bar(x + (n - (len(per_label) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
                label=label)  # fmt: skip
     ax.axhline(0, color="0.4", lw=0.8)
-    ax.set_xticks(x, list(keys), rotation=20, ha="right")
+
+
+def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
+    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
+    _grouped_bars(ax, keys, per_label)
+    ax.set_xticks(np.arange(len(keys)), list(keys), rotation=20, ha="right")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    return _save(fig, out)
+
+
+def rounds(
+    groups: Sequence[str],
+    gain: dict[str, list],
+    start: dict[str, list],
+    out: Path,
+    title: str,
+) -> Path:
+    """Two panels of grouped bars (x = group, one bar per round, whiskers = paired 95 %
+    intervals): the gain of the stage that trains the group, and its accuracy at that stage's
+    start. Falling gains = loss of plasticity; rising starts = retention."""
+    fig, (a_gain, a_start) = plt.subplots(1, 2, figsize=(4 + 2.4 * len(groups), 4.5),
+                                          layout="constrained")  # fmt: skip
+    for ax, series, heading in (
+        (a_gain, gain, "Gain in the stage: accuracy at its end − at its start"),
+        (a_start, start, "Accuracy at the stage's start"),
+    ):
+        _grouped_bars(ax, groups, series)
+        ax.set_xticks(np.arange(len(groups)), list(groups), fontsize=9)
+        ax.set_title(heading, fontsize=10)
+        ax.set_xlabel("group trained by the stage")
+        ax.set_ylabel("accuracy" if ax is a_start else "accuracy gain")
+        ax.grid(axis="y", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    a_start.set_ylim(0, 1)
+    a_gain.legend(fontsize=8, title="round", title_fontsize=8)
+    fig.suptitle(title + " (whiskers: paired 95 % intervals over puzzles)", fontsize=11)
+    return _save(fig, out)
+
+
+class Curve(NamedTuple):
+    """One pass@k curve over k: its role (``base``, ``last`` = right after the group's last
+    training, ``end``), its legend label, and its values with 95 % bounds."""
+
+    role: str
+    label: str
+    values: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+CURVE_COLORS = {"base": "0.45", "last": "C0", "end": "C3"}
+"""One colour per role in every panel."""
+
+
+def pass_at_k(ks: Sequence[int], curves: dict[str, list[Curve]], out: Path, title: str) -> Path:
+    """One panel per group: pass@k against k for a few rows of the matrix, with 95 % bands. A
+    curve that falls at k = 1 but not at k = n lost a first choice, not an ability."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(1.5 + 3.3 * len(curves), 3.8),
+                             sharey=True, layout="constrained", squeeze=False)  # fmt: skip
+    for ax, (group, rows) in zip(axes[0], curves.items(), strict=True):
+        for role, label, v, lo, hi in rows:
+            color = CURVE_COLORS[role]
+            ax.plot(ks, v, marker="o", ms=3, color=color, label=label)
+            ax.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.set_title(group, fontsize=10)
+        ax.set_xlabel("k (samples per puzzle)")
+        ax.set_xticks(list(ks))
+        ax.set_ylim(0, 1)
+        ax.grid(color="0.9", lw=0.6)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("pass@k")
+    fig.suptitle(title, fontsize=11)
     return _save(fig, out)
 
 
