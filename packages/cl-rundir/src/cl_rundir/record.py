@@ -22,6 +22,11 @@ from cl_rundir.layout import RUN_JSON, Stage, stage_name
 
 SCHEMA_VERSION = 1
 
+CURRICULA = ("sequential", "joint")
+"""How a run's stages draw their training data: ``sequential``, each stage its own group (the
+continual curriculum); ``joint``, every stage an equal mixture of all groups (the multi-task upper
+bound, same stages and steps, so it sits beside a sequential run stage for stage)."""
+
 
 class RecordError(ValueError):
     """A run.json that is not a run record: what is wrong with it, in one line."""
@@ -105,6 +110,8 @@ class RunRecord:
     versions: dict[str, str | None] = field(default_factory=dict)
     base_model: str | None = None
     groups: list[str] = field(default_factory=list)
+    curriculum: str = CURRICULA[0]
+    """One of :data:`CURRICULA`; a file written before the field existed was ``sequential``."""
     config: dict[str, Any] = field(default_factory=dict)
     cpu_overlay: dict[str, Any] | None = None
     """``{overrides, env}`` added to every stage of veRL's trainer on the CPU."""
@@ -137,7 +144,12 @@ class RunRecord:
         stages = [
             {"index": i, **s} if isinstance(s, dict) else s for i, s in enumerate(obj["stages"])
         ]
-        return _build(cls, {**obj, "stages": stages}, "")
+        record = _build(cls, {**obj, "stages": stages}, "")
+        if record.curriculum not in CURRICULA:
+            raise RecordError(
+                f"curriculum is {record.curriculum!r}, not one of {', '.join(CURRICULA)}"
+            )
+        return record
 
 
 def _build(cls: type, obj: dict[str, Any], where: str) -> Any:
