@@ -129,6 +129,13 @@ class RunRecord:
         value = self.config.get("val_max_samples")
         return value if isinstance(value, int) and value > 0 else None
 
+    @property
+    def seed(self) -> int | None:
+        """The run's seed (data order, sampling, init): runs of two conditions with the same seed
+        are paired."""
+        value = self.config.get("seed")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
