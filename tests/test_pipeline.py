@@ -142,7 +142,9 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
     probes = consolidated["plasticity"]["probes"]
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
-    assert probes[2]["kl_moved"]["plus_minus"] >= 0
+    assert probes[2]["kl_moved"]["plus_minus"] >= 0 and probes[2]["kl_forward"]["plus_minus"] >= 0
+    correlation = consolidated["plasticity"]["kl_forgetting_correlation"]
+    assert correlation["n"] == len(consolidated["plasticity"]["kl_forgetting"])
 
 
 def test_soft_accuracy_scores_the_answer_text_the_model_was_taught(run_dir: Path) -> None:

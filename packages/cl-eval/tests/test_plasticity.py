@@ -3,6 +3,7 @@ update geometry of planted updates, dormant units planted in a real tiny Qwen2."
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -124,3 +125,43 @@ def test_summary_computes_the_accuracy_metrics_on_the_soft_matrix() -> None:
     assert s["dormant_final"] == pytest.approx(0.2) and s["srank_final"] == 8
     unprobed = Plasticity(["base", "R1_plus"]).summary(Curriculum(("plus",), (0,)), t_used=1)
     assert unprobed == dict.fromkeys(DEFINITIONS)
+
+
+def test_forward_kl_is_the_reverse_kl_with_the_models_swapped(qwen) -> None:
+    """KL(start ‖ after), RL's Razor's direction, measured with ``after`` as the model equals
+    KL(after ‖ start) measured the other way round; the two directions differ."""
+    from cl_eval.probe import soft_accuracy_and_kl
+
+    start, tok = qwen
+    after = copy.deepcopy(start)
+    with torch.no_grad():
+        after.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+        after.lm_head.weight.add_(torch.randn(after.lm_head.weight.shape) * 3)
+    pairs = [("nums 12 7 3 target 22 ops +\n", "12+7+3"), ("nums 5 9 target 14 ops +\n", "5+9")]
+    _, reverse, forward = soft_accuracy_and_kl(after, start, tok, pairs)
+    _, swapped_reverse, swapped_forward = soft_accuracy_and_kl(start, after, tok, pairs)
+    assert forward == pytest.approx(swapped_reverse, rel=1e-9)
+    assert reverse == pytest.approx(swapped_forward, rel=1e-9)
+    assert forward > 0 and reverse > 0 and forward != pytest.approx(reverse, rel=0.05)
+
+
+def test_kl_correlation_clusters_the_points_of_a_stage() -> None:
+    """Earlier groups lose 2 × the KL the stage moved, plus noise: r is Pearson's, its interval
+    (a bootstrap over the 10 stages, not the 30 points) holds it and excludes 0; a perfect line
+    gives r = −1."""
+    from cl_eval.plasticity import KLPoint, kl_correlation
+
+    rng = np.random.default_rng(2)
+    points = [
+        KLPoint(f"R1_s{k}", g, kl, None, -2 * kl + rng.normal(0, 0.02))
+        for k, kl in enumerate(rng.uniform(0.01, 0.1, size=10))
+        for g in ("plus", "plus_minus", "plus_minus_mul")
+    ]
+    r = kl_correlation(points)
+    x = np.array([p.kl_forward for p in points])
+    y = np.array([p.change for p in points])
+    assert r.value == pytest.approx(np.corrcoef(x, y)[0, 1]) and r.n == 30
+    assert r.lo < r.value < r.hi < 0 and r.method == "Pearson, bootstrap over stages"
+    line = [KLPoint(f"s{k}", "plus", k / 10, None, -k / 5) for k in range(1, 6)]
+    assert kl_correlation(line).value == pytest.approx(-1)
+    assert kl_correlation(line[:2]).value is None  # too few points for a correlation

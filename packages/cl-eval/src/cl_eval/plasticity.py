@@ -20,6 +20,7 @@ import numpy as np
 from cl_eval import probe as probe_mod
 from cl_eval.geometry import UpdateGeometry, checkpoint_spectra, update_geometry
 from cl_eval.matrix import Curriculum, compute_metrics
+from cl_eval.stats import BOOTSTRAP_RESAMPLES, Estimate, interval, rng
 from cl_eval.weights import CheckpointError, LayerModule
 from countdown_data.dataset import MANIFEST
 
@@ -182,22 +183,72 @@ def _probes(
     )
 
 
+KL_DEFINITION = (
+    "KL on the new task (RL's Razor, Shenfeld et al. 2025): per stage k, the forward KL "
+    "KL(p_start ‖ p_k) from the stage's starting policy to the trained one, per token of the "
+    "next-token distributions along teacher-forced reference solutions of the first "
+    f"{probe_mod.PROBE_PUZZLES} test puzzles of the group stage k trains, averaged over those "
+    "tokens. Forgetting: each earlier group's accuracy change in that stage, R[k][j] - R[k-1][j]."
+)
+
+
+@dataclass(frozen=True)
+class KLPoint:
+    """One earlier group's accuracy change in a stage, beside the KL that stage moved on its own
+    (new) group; ``run`` tells runs apart when points of several seeds are pooled."""
+
+    stage: str
+    group: str
+    kl_forward: float
+    """KL(stage start ‖ after) on the stage's own group (RL's Razor's direction)."""
+    kl_reverse: float | None
+    """KL(after ‖ stage start), the report's former "KL moved"."""
+    change: float
+    run: int = 0
+
+
 def kl_forgetting_points(
-    plast: Plasticity, R: np.ndarray, stage_cols: list[int], groups: list[str]
-) -> list[tuple[str, str, float, float]]:
-    """(stage, earlier group, KL the stage moved on its own group, change of the earlier group's
-    accuracy in that stage): forgetting against the KL moved on the new task."""
-    points = []
+    plast: Plasticity, R: np.ndarray, stage_cols: list[int], groups: list[str], run: int = 0
+) -> list[KLPoint]:
+    """Every (stage, earlier group) of a run whose KL and accuracy change were measured."""
+    points: list[KLPoint] = []
     if plast.probes is None:
         return points
-    for k in range(1, len(plast.probes)):
+    for k in range(1, min(len(plast.probes), R.shape[0])):
         own = groups[stage_cols[k - 1]]
-        kl = plast.probes[k].kl_moved.get(own)
+        kl = plast.probes[k].kl_forward.get(own)
         if kl is None:
             continue
         seen = {stage_cols[i] for i in range(k - 1)}
         for j in sorted(seen - {stage_cols[k - 1]}):
             change = float(R[k, j] - R[k - 1, j])
             if math.isfinite(change):
-                points.append((plast.rows[k], groups[j], kl, change))
+                reverse = plast.probes[k].kl_moved.get(own)
+                points.append(KLPoint(plast.rows[k], groups[j], kl, reverse, change, run))
     return points
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def kl_correlation(points: list[KLPoint], resamples: int = BOOTSTRAP_RESAMPLES) -> Estimate:
+    """Pearson's r between the KL a stage moved and the accuracy changes of earlier groups, with a
+    95 % percentile interval from a bootstrap over stages (a stage's points share its KL, so
+    they are resampled together; stages of different runs are distinct clusters)."""
+    x = np.array([p.kl_forward for p in points])
+    y = np.array([p.change for p in points])
+    r = pearson(x, y)
+    clusters = sorted({(p.run, p.stage) for p in points})
+    if not math.isfinite(r) or len(clusters) < 3:
+        return Estimate(None if not math.isfinite(r) else r, n=len(points), method="Pearson")
+    members = [
+        np.array([i for i, p in enumerate(points) if (p.run, p.stage) == c]) for c in clusters
+    ]
+    draws = rng().integers(0, len(clusters), size=(resamples, len(clusters)))
+    samples = (np.concatenate([members[c] for c in d]) for d in draws)
+    reps = np.array([pearson(x[idx], y[idx]) for idx in samples])
+    lo, hi = interval(reps)
+    return Estimate(r, lo, hi, len(points), "Pearson, bootstrap over stages")

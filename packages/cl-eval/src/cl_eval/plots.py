@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import matplotlib
 
@@ -17,6 +17,10 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from cl_rundir.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from cl_eval.plasticity import KLPoint
+    from cl_eval.stats import Estimate
 
 
 @dataclass
@@ -439,29 +443,27 @@ def plasticity(
     return _save(fig, out)
 
 
-def kl_forgetting(points: Sequence[tuple[str, str, float, float]], out: Path, title: str) -> Path:
-    """Change of each earlier group's accuracy in a stage against the KL that stage moved on its
-    own group, with the least-squares line and its R²."""
+def kl_forgetting(points: Sequence[KLPoint], r: Estimate, out: Path, title: str) -> Path:
+    """Change of each earlier group's accuracy in a stage against the forward KL that stage moved
+    on its own group, with the least-squares line and Pearson's r with its 95 % interval."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     if points:
-        x = np.array([p[2] for p in points])
-        y = np.array([p[3] for p in points])
-        groups = sorted({p[1] for p in points})
-        for g in groups:
-            sel = [i for i, p in enumerate(points) if p[1] == g]
-            ax.scatter(x[sel], y[sel], label=g, s=25)
-        if len(points) >= 3 and np.ptp(x) > 0:
+        x = np.array([p.kl_forward for p in points])
+        y = np.array([p.change for p in points])
+        for g in sorted({p.group for p in points}):
+            sel = [i for i, p in enumerate(points) if p.group == g]
+            ax.scatter(x[sel], y[sel], label=f"earlier group {g}", s=25)
+        if r.value is not None:
             slope, intercept = np.polyfit(x, y, 1)
-            fit = slope * x + intercept
-            ss = float(((y - y.mean()) ** 2).sum())
-            r2 = 1 - float(((y - fit) ** 2).sum()) / ss if ss else float("nan")
             xs = np.linspace(x.min(), x.max(), 20)
-            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1, label=f"fit, R² = {r2:.2f}")
+            ci = "" if r.lo is None else f" [{r.lo:.2f}, {r.hi:.2f}]"
+            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1,
+                    label=f"least squares; Pearson r = {r.value:.2f}{ci}")  # fmt: skip
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
     ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_xlabel("KL moved by the stage on its own group (per token)")
-    ax.set_ylabel("accuracy change of an earlier group")
+    ax.set_xlabel("KL(stage start ‖ after) on the stage's own group, per token")
+    ax.set_ylabel("accuracy change of an earlier group in the stage")
     ax.set_title(title, fontsize=10)
     return _save(fig, out)

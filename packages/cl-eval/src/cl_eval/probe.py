@@ -9,9 +9,11 @@ On prompts of every group's test split:
 On the reference solutions of those puzzles (countdown-data's SFT export, written in the style the
 base model was warm-started on when its record says so, else as worked solutions), teacher-forced:
 - soft accuracy: the mean per-token log-likelihood, per group — deterministic, no sampling noise;
-- the KL moved by a stage: per token, KL(p_after ‖ p_before) of the next-token distributions,
-  averaged per group ("RL's Razor", Shenfeld et al. 2025: forgetting tracks the KL moved on the
-  new task).
+- the KL a stage moved, per group, per reference-solution token, between the next-token
+  distributions of the stage's start (p_before) and its end (p_after), in both directions:
+  ``kl_moved`` = KL(p_after ‖ p_before), and ``kl_forward`` = KL(p_before ‖ p_after), the direction
+  of "RL's Razor" (Shenfeld et al. 2025: forgetting tracks the forward KL from the policy before
+  fine-tuning to the one after, on the new task's prompts).
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class CheckpointProbe:
     srank: int = 0
     soft_accuracy: dict[str, float] = field(default_factory=dict)
     kl_moved: dict[str, float] = field(default_factory=dict)
-    """Per group: KL(this ‖ previous checkpoint) per reference token (empty for the first)."""
+    """Per group: KL(this ‖ stage start) per reference token (empty for the first)."""
+    kl_forward: dict[str, float] = field(default_factory=dict)
+    """Per group: KL(stage start ‖ this) per reference token, RL's Razor's direction."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class CheckpointProbe:
             "srank": self.srank,
             "soft_accuracy": self.soft_accuracy,
             "kl_moved": self.kl_moved,
+            "kl_forward": self.kl_forward,
         }
 
 
@@ -154,8 +159,9 @@ def solution_logprobs(model: Any, batch: tuple[Any, Any]) -> Any:
 
 def soft_accuracy_and_kl(
     model: Any, previous: Any | None, tokenizer: Any, pairs: Sequence[tuple[str, str]]
-) -> tuple[float, float | None]:
-    """Mean log-likelihood per solution token, and KL(model ‖ previous) per solution token."""
+) -> tuple[float, float | None, float | None]:
+    """Mean log-likelihood per solution token, and KL(model ‖ previous) and KL(previous ‖ model)
+    per solution token."""
     batch, target = _solution_batch(tokenizer, pairs)
     ids = batch[0]
     mask = target[:, 1:]
@@ -163,10 +169,11 @@ def soft_accuracy_and_kl(
     token_lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
     soft = float((token_lp * mask).sum() / mask.sum())
     if previous is None:
-        return soft, None
+        return soft, None, None
     prev = solution_logprobs(previous, batch)
     kl = (logp.exp() * (logp - prev)).sum(-1)
-    return soft, float((kl * mask).sum() / mask.sum())
+    forward = (prev.exp() * (prev - logp)).sum(-1)
+    return soft, float((kl * mask).sum() / mask.sum()), float((forward * mask).sum() / mask.sum())
 
 
 def _same(a: Path | None, b: Path | None) -> bool:
@@ -209,10 +216,13 @@ def probe_checkpoints(
             res.dormant[tau], res.dormant_overall[tau] = per_layer, overall
         res.srank = srank(finals)
         for g in groups:
-            soft, kl = soft_accuracy_and_kl(model, reference, tokenizer, probe.solutions[g])
+            pairs = probe.solutions[g]
+            soft, kl, forward = soft_accuracy_and_kl(model, reference, tokenizer, pairs)
             res.soft_accuracy[g] = soft
             if kl is not None and math.isfinite(kl):
                 res.kl_moved[g] = kl
+            if forward is not None and math.isfinite(forward):
+                res.kl_forward[g] = forward
         results.append(res)
         previous = (Path(path), model)
     torch.set_num_threads(threads)

@@ -18,7 +18,14 @@ import numpy as np
 from cl_eval.analysis import Analysis, StageResult, analyse
 from cl_eval.matrix import DEFINITIONS
 from cl_eval.passk import PassAtK
-from cl_eval.plasticity import SUMMARY_TAU, Plasticity, kl_forgetting_points
+from cl_eval.plasticity import (
+    KL_DEFINITION,
+    SUMMARY_TAU,
+    KLPoint,
+    Plasticity,
+    kl_correlation,
+    kl_forgetting_points,
+)
 from cl_eval.run import Run
 from cl_eval.stats import Estimate, MetricKey
 from cl_eval.turnover import SOLVED
@@ -261,7 +268,12 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
         **a.matrix_payload(),
         "plasticity": None
         if a.plasticity is None
-        else {**a.plasticity.as_dict(), "kl_forgetting": _kl_points(a)},
+        else {
+            **a.plasticity.as_dict(),
+            "kl_forgetting": _kl_points(a),
+            "kl_forgetting_correlation": kl_correlation(_kl_points(a)),
+            "kl_definition": KL_DEFINITION,
+        },
         "per_round": a.per_round,
         "rounds": a.round_results() if a.rounds > 1 else None,
         "pass_at_k": None
@@ -407,8 +419,12 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             f"{title}: plasticity",
             tau=SUMMARY_TAU,
         )
+        points = _kl_points(a)
         figs["kl"] = plots.kl_forgetting(
-            _kl_points(a), plot_dir / f"kl_forgetting_{size}.png", f"{title}: forgetting vs KL"
+            points,
+            kl_correlation(points),
+            plot_dir / f"kl_forgetting_{size}.png",
+            f"{title}: forgetting vs KL on the new task",
         )
     return figs
 
@@ -435,7 +451,7 @@ def _pass_curves(a: Analysis, pk: PassAtK) -> dict[str, list[Curve]]:
     return out
 
 
-def _kl_points(a: Analysis) -> list[tuple[str, str, float, float]]:
+def _kl_points(a: Analysis) -> list[KLPoint]:
     if a.plasticity is None:
         return []
     cols = [a.run.groups.index(st.group) for st in a.run.stages]
@@ -738,8 +754,9 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         "of the MLP matrices (Roy & Vetterli), total weight norm, and how a stage's update lines "
         "up with the next one's (cosine; Jaccard overlap of their top-1 % |Δ| coordinates, "
         "chance ≈ 0.005). Activations on a fixed probe of test prompts: τ-dormant MLP units "
-        "(Sokar et al.), feature rank srank (Kumar et al.), and the KL(after ‖ before) per token "
-        "a stage moved on the reference solutions of its own group."
+        "(Sokar et al.), feature rank srank (Kumar et al.), and the KL a stage moved on the "
+        "reference solutions of its own group, per token, in both directions: KL(start ‖ after) "
+        "(RL's Razor's forward KL) and KL(after ‖ start)."
     )
     probes = p.probes or []
     rows = []
@@ -757,6 +774,7 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
                 _fmt(p.mean_rank(r), 1),
                 "–" if norm is None else f"{norm:.2f}"
                 + (f" (×{norm / prev:.3f})" if prev else ""),
+                _fmt(pr.kl_forward.get(own)) if pr and own else "–",
                 _fmt(pr.kl_moved.get(own)) if pr and own else "–",
                 _fmt(geo.cosine.get("all")) if geo else "–",
                 _fmt(geo.overlap.get("all")) if geo else "–",
@@ -764,7 +782,8 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         )  # fmt: skip
     d.table(
         ["after stage", "dormant τ=0", "τ=0.025", "τ=0.1", "srank", "MLP eff. rank",
-         "weight norm", "KL moved (own group)", "update cos → next", "top-1 % overlap → next"],
+         "weight norm", "KL(start ‖ after), own group", "KL(after ‖ start), own group",
+         "update cos → next", "top-1 % overlap → next"],
         rows,
     )  # fmt: skip
     soft = _soft_matrix(a)
@@ -781,6 +800,15 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
             [[name, *(_fmt(float(v)) for v in S[i])] for i, name in enumerate(p.rows)],
         )
     _img(d, a, figs, "plasticity", "plasticity")
+    points = _kl_points(a)
+    if points:
+        d.h(3, "Forgetting vs KL")
+        r = kl_correlation(points)
+        d.p(
+            f"{KL_DEFINITION} Pearson's r over the {len(points)} (stage, earlier group) pairs: "
+            f"{_est(r)} ({r.method}). Negative r: stages that moved more KL on their new group "
+            "cost earlier groups more accuracy."
+        )
     _img(d, a, figs, "kl", "forgetting vs KL")
     if p.notes:
         d.ul(p.notes)
