@@ -171,7 +171,10 @@ def test_compare_summarises_plasticity_from_the_checkpoints(run_dir: Path, tmp_p
     out = tmp_path / "compare"
     _run(str(BIN / "cl-eval"), "compare", "--plasticity", "--out", str(out), str(run_dir),
          cwd=tmp_path)  # fmt: skip
-    metrics = json.loads((out / "compare.json").read_text())["conditions"]["runs"]["metrics"]
+    condition = json.loads((out / "compare.json").read_text())["conditions"]["runs"]
+    metrics = condition["metrics"]
+    assert condition["kl_forgetting_correlation"]["n"] >= 1  # pooled over the runs' stages
+    assert (out / "plots" / "kl_forgetting_1.png").is_file()
     assert 0 <= metrics["dormant_final"]["mean"] <= 1 and metrics["srank_final"]["mean"] >= 1
     assert metrics["soft_final_accuracy"]["mean"] < 0  # a mean log-likelihood
     assert "soft_plasticity_gain" in (out / "compare.md").read_text()

@@ -34,6 +34,7 @@ import numpy as np
 from cl_eval.analysis import Analysis
 from cl_eval.matrix import DEFINITIONS
 from cl_eval.plasticity import DEFINITIONS as PLASTICITY_DEFINITIONS
+from cl_eval.plasticity import KL_DEFINITION, KLPoint, kl_correlation, kl_forgetting_points
 from cl_eval.report import yes_no
 from cl_eval.stats import T975, Z95, Estimate, MetricKey, flatten, interval, t_interval
 from cl_rundir.record import CURRICULA
@@ -87,6 +88,20 @@ class Condition:
     curriculum: str = CURRICULA[0]
     metrics: dict[MetricKey, Estimate] = field(default_factory=dict)
     cells: dict[CellKey, Estimate] = field(default_factory=dict)
+
+    @property
+    def kl_points(self) -> list[KLPoint]:
+        """Forgetting against the KL each stage moved, pooled over the runs whose checkpoints
+        were probed (``--plasticity``)."""
+        return [
+            point
+            for i, a in enumerate(self.analyses)
+            if a.plasticity is not None
+            for point in kl_forgetting_points(
+                a.plasticity, a.R[: a.stages_used + 1], list(a.curriculum.stage_cols),
+                a.run.groups, run=i,
+            )
+        ]  # fmt: skip
 
     @property
     def joint(self) -> bool:
@@ -218,6 +233,9 @@ class Comparison:
                     "curriculum": c.curriculum,
                     "metrics": {str(k): as_json(e) for k, e in c.metrics.items()},
                     "cells": {str(k): as_json(e) for k, e in c.cells.items()},
+                    "kl_forgetting_correlation": as_json(kl_correlation(c.kl_points))
+                    if c.kl_points
+                    else None,
                 }
                 for c in self.conditions
             },
@@ -225,7 +243,11 @@ class Comparison:
                 name: {str(k): as_json(e) for k, e in diffs.items()}
                 for name, diffs in self.differences.items()
             },
-            "definitions": {**DEFINITIONS, **PLASTICITY_DEFINITIONS},
+            "definitions": {
+                **DEFINITIONS,
+                **PLASTICITY_DEFINITIONS,
+                "kl_forgetting_correlation": KL_DEFINITION,
+            },
         }
 
 
@@ -302,6 +324,16 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
                 ],
             )
         )
+    correlations = [(x, kl_correlation(pts)) for x in c.conditions if (pts := x.kl_points)]
+    if correlations:
+        out.append(
+            (
+                "Forgetting vs KL on the new task, pooled over runs (Pearson r [95 %, bootstrap "
+                "over stages])",
+                ["condition", "r", "points"],
+                [[x.title, _fmt(r, signed=True), str(r.n)] for x, r in correlations],
+            )
+        )
     for x in c.conditions:
         a = x.analyses[0]
         rows = []
@@ -337,6 +369,13 @@ def write_outputs(c: Comparison, out: Path) -> list[Path]:
         "Metrics per condition (bars: mean over runs; whiskers: 95 % t-interval)",
     )
     written.append(figure)
+    scatters = []
+    for i, x in enumerate(c.conditions):
+        if points := x.kl_points:
+            path = out / "plots" / f"kl_forgetting_{i + 1}.png"
+            title = f"{x.title}: forgetting vs KL ({len(x.analyses)} runs pooled)"
+            scatters.append(plots.kl_forgetting(points, kl_correlation(points), path, title))
+    written.extend(scatters)
     doc = Doc()
     doc.h(1, "Comparison of conditions")
     doc.ul([f"**{x.title}**: " + ", ".join(f"`{a.run.path}`" for a in x.analyses)
@@ -353,6 +392,10 @@ def write_outputs(c: Comparison, out: Path) -> list[Path]:
         doc.h(2, title)
         doc.table(header, rows)
     doc.img(str(figure.relative_to(out)), "metrics per condition")
+    if scatters:
+        doc.p(KL_DEFINITION)
+    for scatter in scatters:
+        doc.img(str(scatter.relative_to(out)), "forgetting vs KL")
     md = out / "compare.md"
     write_atomic(md, doc.markdown())
     written.append(md)

@@ -804,11 +804,14 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     if points:
         d.h(3, "Forgetting vs KL")
         r = kl_correlation(points)
-        d.p(
-            f"{KL_DEFINITION} Pearson's r over the {len(points)} (stage, earlier group) pairs: "
-            f"{_est(r)} ({r.method}). Negative r: stages that moved more KL on their new group "
-            "cost earlier groups more accuracy."
+        verdict = (
+            f"Pearson's r over the {len(points)} (stage, earlier group) pairs: {_est(r)} "
+            f"({r.method}); negative r: stages that moved more KL on their new group cost "
+            "earlier groups more accuracy."
+            if r.value is not None
+            else f"{len(points)} (stage, earlier group) pair(s): too few for a correlation."
         )
+        d.p(f"{KL_DEFINITION} {verdict}")
     _img(d, a, figs, "kl", "forgetting vs KL")
     if p.notes:
         d.ul(p.notes)
