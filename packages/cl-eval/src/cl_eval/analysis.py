@@ -15,6 +15,7 @@ import numpy as np
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
 from cl_eval.plasticity import Plasticity, measure
+from cl_eval.progress import phase
 from cl_eval.run import Run, RunError, Stage, load_run
 from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
@@ -247,8 +248,10 @@ def analyse(
             f"{run.path}: no stage has metric lines or a final checkpoint; nothing to report"
         )
     if weights:
-        for res in results:
-            _weights(res, run, warnings, workers)
+        with phase("weight change", len(results)) as advance:
+            for res in results:
+                _weights(res, run, warnings, workers)
+                advance(1)
     m = build_matrix(run, results, warnings)
     R = m.R
     cur = Curriculum(tuple(run.groups), tuple(run.groups.index(st.group) for st in run.stages))
