@@ -288,25 +288,60 @@ def test_chunked_soft_accuracy_and_kl_equal_the_full_computation(qwen, monkeypat
     assert alone[1] is None
 
 
-def test_probe_restores_torch_global_state(qwen, tmp_path) -> None:
+def test_one_forward_pass_gives_what_the_prompts_alone_gave(qwen) -> None:
+    """Dormant units and feature rank come from the prompt positions of the teacher-forced
+    solutions: the same numbers as a forward pass of the prompts alone (left-padded)."""
+    model, tok = qwen
+    pairs = [
+        ("nums 12 7 3 target 22 ops +\n", "12+7+3=22"),
+        ("nums 5 9 40 target 36 ops +-\n", "40-9+5=36"),
+        ("nums 2 3 target 5 ops +\n", "2+3=5"),
+    ]
+    scores, finals = unit_scores(model, tok, [p for p, _ in pairs])
+    with probe._UnitSums(model) as units:
+        _, merged_finals = probe.solution_states(model, tok, pairs, units)
+    for alone, merged in zip(scores, units.means(), strict=True):
+        np.testing.assert_allclose(merged, alone, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(merged_finals.numpy(), finals, rtol=1e-4, atol=1e-6)
+
+
+def test_probe_restores_torch_global_state(qwen, tmp_path, monkeypatch) -> None:
+    """Also: a start hard-linked to the previous checkpoint (cl-trainer's layout) is not loaded
+    again, and the KL against the previous output layer, read back from its file, is the KL
+    between the two models in memory."""
     from countdown_data import GenConfig, write_dataset
 
     model, tok = qwen
     data = tmp_path / "data"
     write_dataset(GenConfig(train_size=4, test_size=2), data)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     dirs = []
-    for i in range(2):
+    for i, m in enumerate((model, moved)):
         d = tmp_path / f"m{i}"
-        model.save_pretrained(d)
+        m.save_pretrained(d)
         tok.save_pretrained(d)
         dirs.append(d)
+    linked = tmp_path / "m0_linked"
+    linked.mkdir()
+    for f in dirs[0].iterdir():
+        (linked / f.name).hardlink_to(f)
+    loads = []
+    load_model = probe.load_model
+    monkeypatch.setattr(probe, "load_model", lambda p: loads.append(p) or load_model(p))
     groups = ["plus", "plus_minus"]
     threads = max(2, torch.get_num_threads())  # the tiny model's probe runs on one thread
     torch.set_num_threads(threads)
-    out = probe.probe_checkpoints(dirs, [None, dirs[0]], data, groups, k=2)
+    out = probe.probe_checkpoints(dirs, [None, linked], data, groups, k=2)
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads
-    assert out[1].kl_moved == pytest.approx(dict.fromkeys(groups, 0.0), abs=1e-7)
-    assert out[0].soft_accuracy == pytest.approx(out[1].soft_accuracy)
+    assert loads == dirs
+    pset = probe.build_probe_set(data, groups, tok, 2)
+    for g in groups:
+        soft, kl = probe.soft_accuracy_and_kl(moved, model, tok, pset.solutions[g])
+        assert out[1].kl_moved[g] == pytest.approx(kl, rel=1e-5) and kl > 1e-4
+        assert out[1].soft_accuracy[g] == pytest.approx(soft, rel=1e-6)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError):  # no model there: fails after the tiny model set 1 thread
         probe.probe_checkpoints([dirs[0], tmp_path / "empty"], [None, dirs[0]], data, groups)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +93,10 @@ def spectrum_of(singular_values: np.ndarray) -> Spectrum:
         effective_rank=float(np.exp(-(p * np.log(p)).sum())),
         stable_rank=fro2 / float(s[0]) ** 2,
     )
+
+
+_local = threading.local()
+"""Each worker thread's reusable buffers."""
 
 
 class _GramBuffers:
@@ -190,8 +195,20 @@ class Spectra:
         }
 
 
-def checkpoint_spectra(path: Path, *, progress: Progress | None = None) -> Spectra:
-    """Spectra of every 2-D float weight matrix of a checkpoint (tied lm_head counted once)."""
+def one_blas_thread() -> Any:
+    """BLAS limited to one thread, while our own threads work on one matrix or chunk each: for
+    896-wide matrices BLAS's threads spin more than they compute, and on a busy machine (two
+    cores, other processes) an eigendecomposition took 4-6x longer with two BLAS threads."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def checkpoint_spectra(
+    path: Path, *, workers: int | None = None, progress: Progress | None = None
+) -> Spectra:
+    """Spectra of every 2-D float weight matrix of a checkpoint (tied lm_head counted once), one
+    matrix per thread (``workers``: default one per CPU)."""
     ck = open_checkpoint(path)
     out = Spectra(Path(path))
     matrices = [
@@ -202,17 +219,24 @@ def checkpoint_spectra(path: Path, *, progress: Progress | None = None) -> Spect
         and not (name == "lm_head.weight" and ck.tied)
     ]
     total = sum(r.numel for r in matrices) or 1
-    buffers = _GramBuffers()
     fds = {f: os.open(f, os.O_RDONLY) for f in {r.file for r in matrices}}
+
+    def spectrum(ref: TensorRef) -> Spectrum | None:
+        buffers = getattr(_local, "gram", None) or _GramBuffers()
+        _local.gram = buffers
+        return matrix_spectrum(fds[ref.file], ref, buffers)
+
     try:
-        for ref in matrices:
-            sp = matrix_spectrum(fds[ref.file], ref, buffers)
-            if sp is None:
-                out.skipped.append(f"{ref.name}: {list(ref.shape)} too large for its Gram matrix")
-            else:
-                out.matrices[ref.name] = sp
-            if progress:
-                progress(ref.numel / total)
+        with one_blas_thread(), ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            for ref, sp in zip(matrices, pool.map(spectrum, matrices), strict=True):
+                if sp is None:
+                    out.skipped.append(
+                        f"{ref.name}: {list(ref.shape)} too large for its Gram matrix"
+                    )
+                else:
+                    out.matrices[ref.name] = sp
+                if progress:
+                    progress(ref.numel / total)
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -298,9 +322,6 @@ class _Workspace:
         self.db = np.empty(STREAM_CHUNK, np.float32)
         self.ma = np.empty(STREAM_CHUNK, np.bool_)
         self.mb = np.empty(STREAM_CHUNK, np.bool_)
-
-
-_local = threading.local()
 
 
 def _workspace() -> _Workspace:
@@ -425,7 +446,7 @@ def update_geometry(
     sums: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(3))
     both: dict[str, int] = defaultdict(int)
     try:
-        with ThreadPoolExecutor(workers) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
             for i, n, products, offers in bounded_map(pool, first, _tasks(params), 2 * workers):
                 for j, key in enumerate((params[i].module, "all")):
                     sums[key] += products
