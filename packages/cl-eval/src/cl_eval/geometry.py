@@ -208,7 +208,7 @@ def checkpoint_spectra(
     path: Path, *, workers: int | None = None, progress: Progress | None = None
 ) -> Spectra:
     """Spectra of every 2-D float weight matrix of a checkpoint (tied lm_head counted once), one
-    matrix per thread (``workers``: default one per CPU)."""
+    matrix per thread (``workers``: default one per CPU, at most 4: ~60 MB of buffers each)."""
     ck = open_checkpoint(path)
     out = Spectra(Path(path))
     matrices = [
@@ -227,7 +227,7 @@ def checkpoint_spectra(
         return matrix_spectrum(fds[ref.file], ref, buffers)
 
     try:
-        with one_blas_thread(), ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        with one_blas_thread(), ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:
             for ref, sp in zip(matrices, pool.map(spectrum, matrices), strict=True):
                 if sp is None:
                     out.skipped.append(
