@@ -25,18 +25,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import FORWARD_FLOOR, GROUPS, PROBE_PUZZLES, _measure
+from report import FORWARD_FLOOR, _measure
 from weight_diff import QWEN_05B
+
+from cl_eval.probe import PROBE_PUZZLES
+from cl_rundir.layout import Stage
+from countdown_data.groups import GROUPS
 
 PROBE = """
 import json, sys
 from pathlib import Path
 from cl_eval.probe import probe_checkpoints
-root, k = Path(sys.argv[1]), int(sys.argv[2])
-groups = sys.argv[3].split(",")
-base, final = root / "models" / "base", root / "metrics" / f"final_1_{groups[0]}"
-out = probe_checkpoints([base, final], [None, root / "metrics" / f"initial_1_{groups[0]}"],
-                        root / "data", groups, k)
+base, initial, final, data = map(Path, sys.argv[1:5])
+k, groups = int(sys.argv[5]), sys.argv[6].split(",")
+out = probe_checkpoints([base, final], [None, initial], data, groups, k)
 print(json.dumps([{"soft": p.soft_accuracy, "kl": p.kl_moved, "srank": p.srank} for p in out]))
 """
 
@@ -74,6 +76,8 @@ def main() -> None:
         print(f"built 2 {args.dtype} checkpoints in {time.perf_counter() - t0:.0f}s; "
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
         base = root / "models" / "base"
+        stage = Stage(0, 1, GROUPS[0])  # the one stage report.py --stages 1 builds
+        paths = [str(p) for p in (base, root / stage.initial_model, root / stage.final_model)]
         groups = ",".join(GROUPS)
         runs = [("new", sys.executable, args.puzzles)]
         if args.compare:
@@ -91,7 +95,8 @@ def main() -> None:
         _, model_rss, _ = _measure([sys.executable, "-c", MODEL_ONLY, str(base)])
         print(f"memory floor: one float32 model, loaded and resident: {model_rss / 1024:.2f} GiB")
         for label, python, k in runs:
-            wall, rss, text = _measure([python, "-c", PROBE, str(root), str(k), groups])
+            wall, rss, text = _measure([python, "-c", PROBE, *paths, str(root / "data"), str(k),
+                                        groups])  # fmt: skip
             kl = json.loads(text.splitlines()[-1])[1]["kl"]
             print(f"{label} probe, {k} puzzles per group: {wall:.1f}s = {wall / floors[k]:.1f}x "
                   f"the floor; peak RSS {rss / 1024:.2f} GiB = {rss / model_rss:.2f}x one model; "

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from weight_diff import QWEN_05B, drop_cache, measure, shapes
 
-GROUPS = ("plus", "plus_minus", "plus_minus_mul", "plus_minus_mul_div")
-PROBE_PUZZLES = 16
+from cl_eval.probe import PROBE_PUZZLES
+from countdown_data.groups import GROUPS
 
 RUN_REPORT = """
 import sys, time
@@ -166,6 +166,8 @@ def build(root: Path, stages: int, layers: int, dtype: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
+    from cl_rundir.layout import LOGS_DIR, PROJECT, Stage
+    from cl_rundir.record import RunRecord, StageRecord, write_record
     from countdown_data import GenConfig, write_dataset
 
     data = root / "data"
@@ -192,41 +194,35 @@ def build(root: Path, stages: int, layers: int, dtype: str) -> dict:
 
     last = save(root / "models" / "base")
     accuracy = dict.fromkeys(GROUPS, 0.02)
-    plan = [(r, grp) for r in range(1, 4) for grp in GROUPS][:stages]
-    entries = []
-    (root / "logs").mkdir()
-    for k, (rnd, grp) in enumerate(plan):
-        name = f"R{rnd}_{grp}"
-        scale = 1e-3 * (1 + k % 3)
+    order = [(r, grp) for r in range(1, 4) for grp in GROUPS][:stages]
+    plan = [Stage(k, r, grp) for k, (r, grp) in enumerate(order)]
+    record = RunRecord(name=f"{PROJECT}_0.5b", size="0.5b", backend="bench",
+                       base_model=str(last), groups=list(GROUPS),
+                       config={"rounds": plan[-1].round, "data_dir": str(data)})  # fmt: skip
+    (root / LOGS_DIR).mkdir()
+    for stage in plan:
+        scale = 1e-3 * (1 + stage.index % 3)
         for n, w in weights.items():
             fresh = torch.randn(w.shape, generator=g) * scale
             delta = fresh + 0.5 * previous[n] if n in previous else fresh
             weights[n] = (w.float() + delta).to(store)
             previous[n] = delta.to(store)
-        initial = root / "metrics" / f"initial_{rnd}_{grp}"
+        initial = root / stage.initial_model
         initial.mkdir(parents=True)
         for f in last.iterdir():
             os.link(f, initial / f.name)
-        last = save(root / "metrics" / f"final_{rnd}_{grp}")
+        last = save(root / stage.final_model)
         before = dict(accuracy)
-        accuracy = {x: min(1.0, max(0.0, a + rng.normal(0.05 if x == grp else -0.01, 0.02)))
+        accuracy = {x: min(1.0, max(0.0, a + rng.normal(0.05 if x == stage.group else -0.01, 0.02)))
                     for x, a in accuracy.items()}  # fmt: skip
-        log = f"logs/ContinualCountdown_{name}.log"
         lines = [_metric_line(0, _validation(before))]
         lines += [_metric_line(s, {"actor/pg_loss": -0.01 * s}) for s in range(1, 15)]
         lines.append(_metric_line(15, {"actor/pg_loss": -0.15, **_validation(accuracy)}))
-        (root / log).write_text("\n".join(lines) + "\n")
-        entries.append({
-            "index": k, "round": rnd, "group": grp, "name": name, "status": "done", "log": log,
-            "initial_model": f"metrics/initial_{rnd}_{grp}",
-            "final_model": f"metrics/final_{rnd}_{grp}", "global_steps": 15,
-        })  # fmt: skip
-    manifest = {
-        "schema_version": 1, "name": "ContinualCountdown_0.5b", "size": "0.5b",
-        "backend": "bench", "base_model": str(root / "models" / "base"), "groups": list(GROUPS),
-        "config": {"rounds": plan[-1][0], "data_dir": str(data)}, "stages": entries,
-    }  # fmt: skip
-    (root / "run.json").write_text(json.dumps(manifest, indent=1))
+        (root / stage.log).write_text("\n".join(lines) + "\n")
+        entry = StageRecord.planned(stage)
+        entry.status, entry.global_steps = "done", 15
+        record.stages.append(entry)
+    write_record(root, record)
     files = {os.stat(p).st_ino: str(p) for p in sorted(root.glob("*/*/model.safetensors"))}
     return {"files": sorted(files.values()), "numel": sum(w.numel() for w in weights.values())}
 

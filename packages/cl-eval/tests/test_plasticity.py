@@ -14,7 +14,8 @@ import torch
 import cl_eval.geometry as geometry
 import cl_eval.probe as probe
 from cl_eval.geometry import checkpoint_spectra, spectrum_of, update_geometry
-from cl_eval.probe import dormant_fractions, srank, unit_scores
+from cl_eval.probe import dormant_fractions, srank
+from cl_rundir.dormant import UnitSums, unit_scores
 
 
 def _rank_r(rows: int, cols: int, r: int, seed: int) -> torch.Tensor:
@@ -125,7 +126,7 @@ def _geometry_reference(models: list[dict], top: float) -> dict[str, tuple]:
     names = sorted(models[0])
     groups = {"all": names}
     for n in names:
-        groups.setdefault(classify(n)[1], []).append(n)
+        groups.setdefault(classify(n).module, []).append(n)
     out = {}
     for key, members in groups.items():
         a0, a1, b0, b1 = (
@@ -298,7 +299,7 @@ def test_one_forward_pass_gives_what_the_prompts_alone_gave(qwen) -> None:
         ("nums 2 3 target 5 ops +\n", "2+3=5"),
     ]
     scores, finals = unit_scores(model, tok, [p for p, _ in pairs])
-    with probe._UnitSums(model) as units:
+    with UnitSums(model) as units:
         _, merged_finals = probe.solution_states(model, tok, pairs, units)
     for alone, merged in zip(scores, units.means(), strict=True):
         np.testing.assert_allclose(merged, alone, rtol=1e-5, atol=1e-9)

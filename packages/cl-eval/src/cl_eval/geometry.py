@@ -33,6 +33,7 @@ import numpy as np
 
 from cl_eval.weights import (
     _FLOAT_DTYPES,
+    LayerModule,
     TensorRef,
     _read_into,
     bounded_map,
@@ -179,12 +180,11 @@ class Spectra:
     matrices: dict[str, Spectrum] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
-    def by_layer_module(self) -> dict[str, dict[str, float]]:
-        """``"<layer>:<module>"`` -> norm (pooled over the module's matrices) and mean ranks."""
-        acc: dict[str, list[Spectrum]] = defaultdict(list)
+    def by_layer_module(self) -> dict[LayerModule, dict[str, float]]:
+        """Per layer and module: norm (pooled over the module's matrices) and mean ranks."""
+        acc: dict[LayerModule, list[Spectrum]] = defaultdict(list)
         for name, sp in self.matrices.items():
-            layer, module = classify(name)
-            acc[f"{'-' if layer is None else layer}:{module}"].append(sp)
+            acc[classify(name)].append(sp)
         return {
             key: {
                 "fro": math.sqrt(sum(s.fro**2 for s in sps)),
@@ -380,7 +380,7 @@ def _params(paths: tuple[Path, Path, Path, Path]) -> list[_Param]:
         distinct = list(dict.fromkeys(keys))
         params.append(
             _Param(
-                classify(n)[1],
+                classify(n).module,
                 refs[0].numel,
                 tuple(refs[keys.index(k)] for k in distinct),
                 tuple(distinct.index(k) for k in keys),  # type: ignore[arg-type]

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from cl_eval.weights import CheckpointError, open_checkpoint, read_float32
-from countdown_data.runs import completion_style
+from cl_rundir.dormant import UnitSums, dormant_mask
+from cl_rundir.layout import completion_style
 
 TAUS = (0.0, 0.025, 0.1)
 SRANK_DELTA = 0.01
@@ -48,9 +49,8 @@ def available() -> bool:
 
 @dataclass
 class ProbeSet:
-    """Per group: the model inputs (prompt texts) and (prompt, reference solution) pairs."""
+    """Per group: (prompt as the model gets it, reference solution) pairs."""
 
-    prompts: dict[str, list[str]]
     solutions: dict[str, list[tuple[str, str]]]
 
 
@@ -86,14 +86,13 @@ def build_probe_set(
     from countdown_data.templates import model_input
 
     template = read_manifest(data_dir)["params"]["template"]
-    prompts, solutions = {}, {}
+    solutions = {}
     for g in groups:
         rows = load_rows(data_dir, g, "test")[:k]
         texts = [model_input(r["prompt"], template, tokenizer) for r in rows]
         refs = sft_examples(rows, style=style)
-        prompts[g] = texts
         solutions[g] = [(t, ex["completion"]) for t, ex in zip(texts, refs, strict=True)]
-    return ProbeSet(prompts, solutions)
+    return ProbeSet(solutions)
 
 
 def load_model(path: Path) -> tuple[Any, Any]:
@@ -105,79 +104,6 @@ def load_model(path: Path) -> tuple[Any, Any]:
     logging.disable_progress_bar()  # a bar per load would flood the console of `cl-eval report`
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-class _UnitSums:
-    """Σ |act(gate(x)) * up(x)| per MLP unit over the positions ``mask`` selects (float64 sums),
-    from pre-hooks on every layer's down projection, removed on exit."""
-
-    def __init__(self, model: Any) -> None:
-        import torch
-
-        self.layers = model.model.layers
-        self.sums = [
-            torch.zeros(m.mlp.down_proj.in_features, dtype=torch.float64) for m in self.layers
-        ]
-        self.count = 0
-        self.mask: Any = None
-        self.handles: list[Any] = []
-
-    def _hook(self, i: int) -> Callable[[Any, tuple], None]:
-        def pre(_module: Any, args: tuple) -> None:
-            import torch
-
-            self.sums[i] += torch.sum(
-                args[0].abs() * self.mask[..., None], (0, 1), dtype=torch.float64
-            )
-
-        return pre
-
-    def __enter__(self) -> _UnitSums:
-        self.handles = [
-            m.mlp.down_proj.register_forward_pre_hook(self._hook(i))
-            for i, m in enumerate(self.layers)
-        ]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def select(self, mask: Any) -> None:
-        """The positions (batch × sequence, 0/1) the next forward pass counts."""
-        self.mask = mask.float()
-        self.count += int(mask.sum())
-
-    def means(self) -> list[np.ndarray]:
-        return [(s / max(self.count, 1)).numpy() for s in self.sums]
-
-
-def unit_scores(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[list[np.ndarray], Any]:
-    """Per layer, every MLP unit's mean |act(gate(x)) * up(x)| over the probe tokens; and the
-    final hidden state at each prompt's last token (samples × hidden)."""
-    import torch
-
-    finals = []
-    with torch.no_grad(), _UnitSums(model) as units:
-        for start in range(0, len(texts), 16):
-            enc = tokenizer(
-                list(texts[start : start + 16]),
-                add_special_tokens=False,
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            )
-            units.select(enc["attention_mask"])
-            out = model.model(**enc)  # no output layer: its logits would be batch × vocab
-            finals.append(out.last_hidden_state[:, -1].double())
-    return units.means(), torch.cat(finals).numpy()
-
-
-def dormant_mask(scores: np.ndarray, tau: float) -> np.ndarray:
-    """τ-dormant units of one layer: mean |activation| at most τ times the layer's average (every
-    unit of a layer that is silent altogether)."""
-    mean = scores.mean()
-    return scores <= tau * mean if mean > 0 else np.ones(len(scores), dtype=bool)
 
 
 def dormant_fractions(scores: list[np.ndarray], taus: Sequence[float] = TAUS) -> dict:
@@ -236,7 +162,7 @@ class SolutionStates:
 
 
 def solution_states(
-    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], units: _UnitSums | None = None
+    model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], units: UnitSums | None = None
 ) -> tuple[SolutionStates, Any]:
     """Teacher-force prompt + solution and keep the hidden states that count: the logits of a
     prompt token are never needed, so the output layer never sees them. Also the final hidden
@@ -440,7 +366,7 @@ def _states(
     import torch
 
     states, finals = {}, []
-    with _UnitSums(model) as units:
+    with UnitSums(model) as units:
         for g in groups:
             st, last = solution_states(model, tokenizer, probe.solutions[g], units)
             states[g] = replace(st, head=None)
