@@ -16,6 +16,7 @@ from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
 from cl_eval.passk import PassAtK, pass_at_k
 from cl_eval.plasticity import Plasticity, measure
+from cl_eval.progress import phase
 from cl_eval.run import Run, RunError, StageFiles, load_run
 from cl_eval.stats import Estimate, MetricKey
 from cl_eval.turnover import Flips, Losses, flips, losses
@@ -361,8 +362,10 @@ def analyse(
             f"{run.path}: no stage has metric lines or a final checkpoint; nothing to report"
         )
     if weights:
-        for res in results:
-            _weights(res, run, warnings, workers)
+        with phase("weight change", len(results)) as advance:
+            for res in results:
+                _weights(res, run, warnings, workers)
+                advance(1)
     m = build_matrix(run, results, warnings)
     R = m.R
     cur = Curriculum(tuple(run.groups), tuple(run.groups.index(st.group) for st in run.stages))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cl_eval import progress
 from cl_rundir.layout import LOGS_DIR, RUN_JSON
 
 if TYPE_CHECKING:
@@ -110,9 +111,15 @@ def report(
     console = _console(stderr=True)
     for d in _run_dirs(runs, model_size, runs_root):
         try:
-            res = build_report(
-                d, model_size, weights=weights, write_html=write_html, workers=workers, probe=probe
-            )
+            with progress.shown(console):
+                res = build_report(
+                    d,
+                    model_size,
+                    weights=weights,
+                    write_html=write_html,
+                    workers=workers,
+                    probe=probe,
+                )
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
         for w in res.warnings:
@@ -298,7 +305,8 @@ def compare(
         if not dirs:
             raise click.UsageError(f"{name}: no run directory matches {' '.join(pats)}")
         try:
-            conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
+            with progress.shown(_console(stderr=True)):
+                conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
     result = run_compare(conditions)

@@ -20,6 +20,7 @@ import numpy as np
 from cl_eval import probe as probe_mod
 from cl_eval.geometry import UpdateGeometry, checkpoint_spectra, update_geometry
 from cl_eval.matrix import Curriculum, compute_metrics
+from cl_eval.progress import phase
 from cl_eval.stats import BOOTSTRAP_RESAMPLES, Estimate, interval, rng
 from cl_eval.weights import CheckpointError, LayerModule
 from countdown_data.dataset import MANIFEST
@@ -131,26 +132,29 @@ def measure(
     rows = ["base"] + [r.stage.name for r in results]
     checkpoints: list[Path | None] = [run.base_checkpoint] + [r.stage.final_model for r in results]
     out = Plasticity(rows)
-    for path in checkpoints:
-        if path is None:
-            out.layer_module.append(None)
-            continue
-        try:
-            out.layer_module.append(checkpoint_spectra(path).by_layer_module())
-        except CheckpointError as exc:
-            out.notes.append(f"spectra of {path} skipped ({exc})")
-            out.layer_module.append(None)
+    with phase("spectra", len(checkpoints)) as advance:
+        for path in checkpoints:
+            if path is None:
+                out.layer_module.append(None)
+            else:
+                try:
+                    spectra = checkpoint_spectra(path, progress=advance)
+                    out.layer_module.append(spectra.by_layer_module())
+                except CheckpointError as exc:
+                    out.notes.append(f"spectra of {path} skipped ({exc})")
+                    out.layer_module.append(None)
     stages = [r.stage for r in results]
-    for a, b in pairwise(stages):
-        ends = (a.initial_model, a.final_model, b.initial_model, b.final_model)
-        if any(p is None for p in ends):
-            out.geometry.append(None)
-            continue
-        try:
-            out.geometry.append(update_geometry(*ends))  # type: ignore[arg-type]
-        except CheckpointError as exc:
-            out.notes.append(f"update geometry {a.name} → {b.name} skipped ({exc})")
-            out.geometry.append(None)
+    with phase("update geometry", max(len(stages) - 1, 0)) as advance:
+        for a, b in pairwise(stages):
+            ends = (a.initial_model, a.final_model, b.initial_model, b.final_model)
+            if any(p is None for p in ends):
+                out.geometry.append(None)
+                continue
+            try:
+                out.geometry.append(update_geometry(*ends, progress=advance))  # type: ignore[misc]
+            except CheckpointError as exc:
+                out.notes.append(f"update geometry {a.name} → {b.name} skipped ({exc})")
+                out.geometry.append(None)
     if probe:
         out.probes = _probes(run, results, checkpoints, probe_puzzles, out.notes)
     return out
@@ -174,13 +178,15 @@ def _probes(
         notes.append("activation diagnostics need every stage's final checkpoint")
         return None
     starts = [None] + [r.stage.initial_model for r in results]
-    return probe_mod.probe_checkpoints(
-        checkpoints,  # type: ignore[arg-type]
-        starts,
-        data,
-        run.groups,
-        k or probe_mod.PROBE_PUZZLES,
-    )
+    with phase("activation probes", 1) as advance:
+        return probe_mod.probe_checkpoints(
+            checkpoints,  # type: ignore[arg-type]
+            starts,
+            data,
+            run.groups,
+            k or probe_mod.PROBE_PUZZLES,
+            progress=advance,
+        )
 
 
 KL_DEFINITION = (

@@ -18,11 +18,11 @@ import re
 import struct
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ ETA = 1e-3
 
 _FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 _DTYPE_BYTES = {**_FLOAT_DTYPES, "BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8}
+T = TypeVar("T")
+R = TypeVar("R")
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _PROJ = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.")
@@ -255,6 +257,38 @@ def _widen(raw: memoryview, dtype: str, ws: _Workspace, side: int, n: int) -> np
     return out
 
 
+def decode_float32(raw: memoryview, dtype: str, out: np.ndarray) -> np.ndarray:
+    """Stored little-endian values as float32: float32 as a view of ``raw``, bf16 widened by a
+    16-bit shift into ``out``, f16/f64 converted into ``out``."""
+    n = len(raw) // _FLOAT_DTYPES[dtype]
+    if dtype == "F32":
+        return np.frombuffer(raw, np.float32)
+    if dtype == "BF16":
+        u = out[:n].view(np.uint32)
+        np.left_shift(np.frombuffer(raw, np.uint16), 16, out=u, dtype=np.uint32)
+        return u.view(np.float32)
+    stored = np.frombuffer(raw, {"F16": np.float16, "F64": np.float64}[dtype])
+    np.copyto(out[:n], stored, casting="same_kind")
+    return out[:n]
+
+
+def read_float32(ref: TensorRef) -> np.ndarray:
+    """A whole stored tensor as a float32 array, read ``CHUNK_ELEMS`` at a time: no memory map
+    holding the file's pages, no second copy in the stored type."""
+    out = np.empty(ref.numel, np.float32)
+    width = _FLOAT_DTYPES[ref.dtype]
+    raw = bytearray(CHUNK_ELEMS * width)
+    fd = os.open(ref.file, os.O_RDONLY)
+    try:
+        for lo in range(0, ref.numel, CHUNK_ELEMS):
+            hi = min(ref.numel, lo + CHUNK_ELEMS)
+            view = _read_into(fd, raw, ref.start + lo * width, (hi - lo) * width)
+            out[lo:hi] = decode_float32(view, ref.dtype, out[lo:hi])
+    finally:
+        os.close(fd)
+    return out.reshape(ref.shape)
+
+
 BF16_REL_EXACT = 2.0**-9
 """Two different finite bf16 values always differ by more than 2^-9·max(|w0|,|w1|), so for η below
 this the relative test on bf16 pairs is value equality (``x == y``: bit equality, plus ±0 == ∓0),
@@ -446,8 +480,13 @@ def diff_checkpoints(
                 pairs.append((a, b))
         stats = {a.name: TensorStats() for a, _ in pairs}
         workers = workers or min(4, os.cpu_count() or 1)
+
+        def run(task: tuple[int, int, int]) -> tuple[int, TensorStats]:
+            i, lo, hi = task
+            return i, _chunk_stats(fds, *pairs[i], lo, hi, atol, eta)
+
         with ThreadPoolExecutor(workers) as pool:
-            for i, st in _bounded_map(pool, pairs, fds, chunk, atol, eta, workers):
+            for i, st in bounded_map(pool, run, _work(pairs, chunk), 2 * workers):
                 stats[pairs[i][0].name].add(st)
     finally:
         for fd in fds.values():
@@ -458,25 +497,18 @@ def diff_checkpoints(
     return WeightDiff(Path(path_a), Path(path_b), stats, dtypes, skipped, warnings)
 
 
-def _bounded_map(
-    pool: ThreadPoolExecutor,
-    pairs: list[tuple[TensorRef, TensorRef]],
-    fds: dict[Path, int],
-    chunk: int,
-    atol: float,
-    eta: float,
-    workers: int,
-) -> Iterator[tuple[int, TensorStats]]:
-    """Chunks in order with at most ``2*workers`` in flight, so buffers never pile up."""
-    pending: deque[tuple[int, Future[TensorStats]]] = deque()
-    for i, lo, hi in _work(pairs, chunk):
-        pending.append((i, pool.submit(_chunk_stats, fds, *pairs[i], lo, hi, atol, eta)))
-        if len(pending) >= 2 * workers:
-            j, fut = pending.popleft()
-            yield j, fut.result()
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], tasks: Iterable[T], in_flight: int
+) -> Iterator[R]:
+    """``fn`` over ``tasks`` in ``pool``, results in task order, with at most ``in_flight``
+    submitted and not yet consumed: each holds chunk buffers, which must not pile up."""
+    pending: deque[Future[R]] = deque()
+    for task in tasks:
+        pending.append(pool.submit(fn, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
     while pending:
-        j, fut = pending.popleft()
-        yield j, fut.result()
+        yield pending.popleft().result()
 
 
 def _param_order(name: str) -> tuple[int, str]:
