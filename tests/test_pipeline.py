@@ -143,8 +143,14 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     probes = consolidated["plasticity"]["probes"]
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
     assert probes[2]["kl_moved"]["plus_minus"] >= 0 and probes[2]["kl_forward"]["plus_minus"] >= 0
-    correlation = consolidated["plasticity"]["kl_forgetting_correlation"]
-    assert correlation["n"] == len(consolidated["plasticity"]["kl_forgetting"])
+    assert probes[1]["kl_base"] == probes[1]["kl_forward"]  # stage 1 started from the base
+    from_base = probes[2]["kl_base"]["plus_minus"]
+    from_start = probes[2]["kl_forward"]["plus_minus"]
+    assert from_base > 0 and from_base != pytest.approx(from_start)  # not ReDo's transformed start
+    kl = consolidated["plasticity"]["kl_forgetting"]
+    assert len(kl["base"]["points"]) == 2 and len(kl["stage_start"]["points"]) == 1
+    for pairing in kl.values():
+        assert pairing["correlation"]["n"] == len(pairing["points"])
 
 
 def test_soft_accuracy_scores_the_answer_text_the_model_was_taught(run_dir: Path) -> None:
@@ -173,7 +179,8 @@ def test_compare_summarises_plasticity_from_the_checkpoints(run_dir: Path, tmp_p
          cwd=tmp_path)  # fmt: skip
     condition = json.loads((out / "compare.json").read_text())["conditions"]["runs"]
     metrics = condition["metrics"]
-    assert condition["kl_forgetting_correlation"]["n"] >= 1  # pooled over the runs' stages
+    correlations = condition["kl_forgetting_correlation"]  # pooled over the runs' stages
+    assert correlations["base"]["n"] >= 2 and correlations["stage_start"]["n"] >= 1
     assert (out / "plots" / "kl_forgetting_1.png").is_file()
     assert 0 <= metrics["dormant_final"]["mean"] <= 1 and metrics["srank_final"]["mean"] >= 1
     assert metrics["soft_final_accuracy"]["mean"] < 0  # a mean log-likelihood

@@ -274,18 +274,73 @@ def test_kl_correlation_clusters_the_points_of_a_stage() -> None:
 
     rng = np.random.default_rng(2)
     points = [
-        KLPoint(f"R1_s{k}", g, kl, None, -2 * kl + rng.normal(0, 0.02))
+        KLPoint(f"R1_s{k}", g, kl, -2 * kl + rng.normal(0, 0.02))
         for k, kl in enumerate(rng.uniform(0.01, 0.1, size=10))
         for g in ("plus", "plus_minus", "plus_minus_mul")
     ]
     r = kl_correlation(points)
-    x = np.array([p.kl_forward for p in points])
+    x = np.array([p.kl for p in points])
     y = np.array([p.change for p in points])
     assert r.value == pytest.approx(np.corrcoef(x, y)[0, 1]) and r.n == 30
     assert r.lo < r.value < r.hi < 0 and r.method == "Pearson, bootstrap over stages"
-    line = [KLPoint(f"s{k}", "plus", k / 10, None, -k / 5) for k in range(1, 6)]
+    line = [KLPoint(f"s{k}", "plus", k / 10, -k / 5) for k in range(1, 6)]
     assert kl_correlation(line).value == pytest.approx(-1)
     assert kl_correlation(line[:2]).value is None  # too few points for a correlation
+
+
+def test_rl_razor_pairs_the_kl_from_the_base_with_the_change_from_the_base() -> None:
+    """Planted KLs and accuracies: RL's Razor's pairing sets KL(base ‖ after) on the stage's own
+    group against every other group's change from the base, R[k][j] − R[0][j]; the stage-start
+    pairing sets KL(start ‖ after) against each earlier group's change in the stage. Planted
+    changes of −2 × the base KL give r = −1 in the first, not in the second."""
+    from cl_eval.plasticity import (
+        KL_PAIRINGS,
+        Plasticity,
+        kl_correlation,
+        kl_forgetting,
+        kl_forgetting_points,
+    )
+    from cl_eval.probe import CheckpointProbe
+
+    groups = ["plus", "plus_minus", "plus_minus_mul"]
+    R = np.array([[0.5, 0.2, 0.1], [0.9, 0.3, 0.1], [0.7, 0.8, 0.2], [0.6, 0.6, 0.9]])
+    probes = [CheckpointProbe()] + [
+        CheckpointProbe(kl_base={g: base}, kl_forward={g: start})
+        for g, base, start in zip(groups, (0.1, 0.2, 0.3), (0.1, 0.05, 0.4), strict=True)
+    ]
+    plast = Plasticity(["base", "R1_plus", "R1_plus_minus", "R1_plus_minus_mul"], probes=probes)
+    points = kl_forgetting(plast, R, [0, 1, 2], groups)
+    assert [p.name for p in KL_PAIRINGS] == list(points) == ["base", "stage_start"]
+    got = {name: [(p.stage, p.group, p.kl, round(p.change, 9)) for p in pts]
+           for name, pts in points.items()}  # fmt: skip
+    assert got["base"] == [
+        ("R1_plus", "plus_minus", 0.1, 0.1), ("R1_plus", "plus_minus_mul", 0.1, 0.0),
+        ("R1_plus_minus", "plus", 0.2, 0.2), ("R1_plus_minus", "plus_minus_mul", 0.2, 0.1),
+        ("R1_plus_minus_mul", "plus", 0.3, 0.1), ("R1_plus_minus_mul", "plus_minus", 0.3, 0.4),
+    ]  # fmt: skip
+    assert got["stage_start"] == [
+        ("R1_plus_minus", "plus", 0.05, -0.2),
+        ("R1_plus_minus_mul", "plus", 0.4, -0.1), ("R1_plus_minus_mul", "plus_minus", 0.4, -0.2),
+    ]  # fmt: skip
+    del probes[2].kl_base["plus_minus"]  # a stage whose KL from the base was not measured
+    assert {p.stage for p in kl_forgetting(plast, R, [0, 1, 2], groups)["base"]} == {
+        "R1_plus", "R1_plus_minus_mul"
+    }
+    # RL's Razor on planted data: each stage's other groups lose 2 × its KL from the base.
+    kls = np.linspace(0.01, 0.1, 6)
+    planted = np.zeros((7, 3))
+    probes = [CheckpointProbe()]
+    for k, kl in enumerate(kls, start=1):
+        own = groups[(k - 1) % 3]
+        probes.append(CheckpointProbe(kl_base={own: kl}, kl_forward={own: 0.05}))
+        planted[k] = -2 * kl
+        planted[k, (k - 1) % 3] = 0.5
+    plast = Plasticity(["base"] + [f"R{1 + k // 3}_s{k}" for k in range(6)], probes=probes)
+    pairs = kl_forgetting(plast, planted, [k % 3 for k in range(6)], groups)
+    assert kl_correlation(pairs["base"]).value == pytest.approx(-1)
+    assert kl_correlation(pairs["stage_start"]).value is None  # one KL for every stage
+    with pytest.raises(ValueError, match="unknown KL pairing"):
+        kl_forgetting_points(plast, planted, [0, 1, 2], groups, "reverse")
 def _full_float64(model, previous, tok, pairs) -> tuple[float, float | None]:
     """The probe's former computation: every position's log-softmax over the vocabulary in
     float64, masked to the solution tokens."""
@@ -324,6 +379,19 @@ def test_chunked_soft_accuracy_and_kl_equal_the_full_computation(qwen, monkeypat
     assert kl == pytest.approx(want_kl, rel=1e-4, abs=1e-7) and kl > 1e-3
     want_forward = _full_float64(model, after, tok, pairs)[1]  # KL(model ‖ after)
     assert forward == pytest.approx(want_forward, rel=1e-4, abs=1e-7)
+    base = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+    def states(m):
+        return probe.solution_states(m, tok, pairs)[0]
+
+    with_base = probe.soft_and_kl(states(after), states(model), states(base))
+    assert with_base[:3] == (soft, kl, forward)  # the base changes nothing else
+    want_base = _full_float64(base, after, tok, pairs)[1]  # KL(base ‖ after)
+    assert with_base[3] == pytest.approx(want_base, rel=1e-4, abs=1e-7) and want_base > 1e-3
+    assert probe.soft_and_kl(states(after), None, states(base))[1:] == (None, None, with_base[3])
     alone = probe.soft_accuracy_and_kl(model, None, tok, pairs)
     assert alone[0] == pytest.approx(_full_float64(model, None, tok, pairs)[0], rel=1e-6)
     assert alone[1] is None and alone[2] is None
@@ -388,3 +456,38 @@ def test_probe_restores_torch_global_state(qwen, tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError):  # no model there: fails after the tiny model set 1 thread
         probe.probe_checkpoints([dirs[0], tmp_path / "empty"], [None, dirs[0]], data, groups)
     assert torch.is_grad_enabled() and torch.get_num_threads() == threads
+
+
+def test_the_kl_from_the_base_is_measured_against_the_first_checkpoint(qwen, tmp_path) -> None:
+    """Checkpoints base → m1 → m2 → a copy of the base, each stage starting from the one before:
+    the KL from the base is KL(base ‖ checkpoint), none for the base itself, the stage-start KL
+    for the first stage (which starts from the base), 0 for the copy of the base, whose KL from
+    its stage's start is KL(m2 ‖ base): stage 2's KL from the base with the models swapped."""
+    from countdown_data import GenConfig, write_dataset
+
+    model, tok = qwen
+    data = tmp_path / "data"
+    write_dataset(GenConfig(train_size=4, test_size=2), data)
+    m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
+            p1.add_(0.05 * torch.randn_like(p1))
+            p2.add_(0.1 * torch.randn_like(p2))
+    dirs = []
+    for i, m in enumerate((model, m1, m2, model)):
+        d = tmp_path / f"m{i}"
+        m.save_pretrained(d)
+        tok.save_pretrained(d)
+        dirs.append(d)
+    groups = ["plus", "plus_minus"]
+    out = probe.probe_checkpoints(dirs, [None, *dirs[:3]], data, groups, k=2)
+    assert out[0].kl_base == {} and out[1].kl_base == out[1].kl_forward
+    pset = probe.build_probe_set(data, groups, tok, 2)
+    for g in groups:
+        from_base = probe.soft_accuracy_and_kl(m2, model, tok, pset.solutions[g])[2]
+        assert out[2].kl_base[g] == pytest.approx(from_base, rel=1e-5)
+        assert from_base > 1e-3 and out[2].kl_base[g] != pytest.approx(out[2].kl_forward[g])
+        assert out[3].kl_base[g] == pytest.approx(0, abs=1e-9)
+        assert out[3].kl_forward[g] == pytest.approx(
+            probe.soft_accuracy_and_kl(model, m2, tok, pset.solutions[g])[2], rel=1e-5
+        )

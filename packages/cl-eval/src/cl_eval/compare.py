@@ -34,7 +34,13 @@ import numpy as np
 from cl_eval.analysis import Analysis
 from cl_eval.matrix import DEFINITIONS
 from cl_eval.plasticity import DEFINITIONS as PLASTICITY_DEFINITIONS
-from cl_eval.plasticity import KL_DEFINITION, KLPoint, kl_correlation, kl_forgetting_points
+from cl_eval.plasticity import (
+    KL_DEFINITION,
+    KL_PAIRINGS,
+    KLPoint,
+    kl_correlation,
+    kl_forgetting,
+)
 from cl_eval.report import yes_no
 from cl_eval.stats import T975, Z95, Estimate, MetricKey, flatten, interval, t_interval
 from cl_rundir.record import CURRICULA
@@ -90,18 +96,20 @@ class Condition:
     cells: dict[CellKey, Estimate] = field(default_factory=dict)
 
     @property
-    def kl_points(self) -> list[KLPoint]:
-        """Forgetting against the KL each stage moved, pooled over the runs whose checkpoints
-        were probed (``--plasticity``)."""
-        return [
-            point
-            for i, a in enumerate(self.analyses)
-            if a.plasticity is not None
-            for point in kl_forgetting_points(
+    def kl_points(self) -> dict[str, list[KLPoint]]:
+        """Pairing name (``KL_PAIRINGS``) -> forgetting against the KL each stage moved, pooled
+        over the runs whose checkpoints were probed (``--plasticity``); empty without any."""
+        pooled: dict[str, list[KLPoint]] = {}
+        for i, a in enumerate(self.analyses):
+            if a.plasticity is None:
+                continue
+            run = kl_forgetting(
                 a.plasticity, a.R[: a.stages_used + 1], list(a.curriculum.stage_cols),
                 a.run.groups, run=i,
-            )
-        ]  # fmt: skip
+            )  # fmt: skip
+            for name, points in run.items():
+                pooled.setdefault(name, []).extend(points)
+        return pooled if any(pooled.values()) else {}
 
     @property
     def joint(self) -> bool:
@@ -233,9 +241,11 @@ class Comparison:
                     "curriculum": c.curriculum,
                     "metrics": {str(k): as_json(e) for k, e in c.metrics.items()},
                     "cells": {str(k): as_json(e) for k, e in c.cells.items()},
-                    "kl_forgetting_correlation": as_json(kl_correlation(c.kl_points))
-                    if c.kl_points
-                    else None,
+                    "kl_forgetting_correlation": {
+                        name: as_json(kl_correlation(points))
+                        for name, points in c.kl_points.items()
+                    }
+                    or None,
                 }
                 for c in self.conditions
             },
@@ -324,14 +334,14 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
                 ],
             )
         )
-    correlations = [(x, kl_correlation(pts)) for x in c.conditions if (pts := x.kl_points)]
-    if correlations:
+    pooled = [(x, pts) for x in c.conditions if (pts := x.kl_points)]
+    if pooled:
         out.append(
             (
                 "Forgetting vs KL on the new task, pooled over runs (Pearson r [95 %, bootstrap "
                 "over stages])",
-                ["condition", "r", "points"],
-                [[x.title, _fmt(r, signed=True), str(r.n)] for x, r in correlations],
+                ["condition", *(f"{p.title}: {h}" for p in KL_PAIRINGS for h in ("r", "points"))],
+                [[x.title, *_r_cells(pts)] for x, pts in pooled],
             )
         )
     for x in c.conditions:
@@ -348,6 +358,15 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
             )
         )
     return out
+
+
+def _r_cells(pooled: dict[str, list[KLPoint]]) -> list[str]:
+    """Each pairing's r [95 %] and number of points, in ``KL_PAIRINGS``' order."""
+    cells = []
+    for pairing in KL_PAIRINGS:
+        r = kl_correlation(pooled[pairing.name])
+        cells += [_fmt(r, signed=True), str(r.n or 0)]
+    return cells
 
 
 def write_outputs(c: Comparison, out: Path) -> list[Path]:
@@ -371,10 +390,12 @@ def write_outputs(c: Comparison, out: Path) -> list[Path]:
     written.append(figure)
     scatters = []
     for i, x in enumerate(c.conditions):
-        if points := x.kl_points:
+        if pooled := x.kl_points:
             path = out / "plots" / f"kl_forgetting_{i + 1}.png"
-            title = f"{x.title}: forgetting vs KL ({len(x.analyses)} runs pooled)"
-            scatters.append(plots.kl_forgetting(points, kl_correlation(points), path, title))
+            runs = f"{len(x.analyses)} run{'s' if len(x.analyses) != 1 else ''}"
+            title = f"{x.title}: forgetting vs KL on the new task ({runs} pooled)"
+            pairings = {name: (pts, kl_correlation(pts)) for name, pts in pooled.items()}
+            scatters.append(plots.kl_forgetting(pairings, path, title))
     written.extend(scatters)
     doc = Doc()
     doc.h(1, "Comparison of conditions")

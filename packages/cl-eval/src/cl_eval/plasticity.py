@@ -189,49 +189,104 @@ def _probes(
         )
 
 
+@dataclass(frozen=True)
+class KLPairing:
+    """One way of setting the KL a stage moved against the forgetting it caused: the policy the
+    KL is measured from, and the accuracy change it is paired with."""
+
+    name: str
+    """Its key in the consolidated JSON and compare.json."""
+    title: str
+    kl_label: str
+    change_label: str
+    definition: str
+
+
+KL_PAIRINGS = (
+    KLPairing(
+        "base",
+        "RL's Razor: KL from the base model",
+        "KL(p_0 ‖ p_k) on stage k's own group, per token",
+        "accuracy change from the base, R[k][j] − R[0][j],\nof every group j but stage k's own",
+        "From the base (RL's Razor's pairing): x = KL(p_0 ‖ p_k), from the base model p_0 (the "
+        "run's base_model, stage 1's initial model) to the policy after stage k; y = every other "
+        "group's accuracy change from the base, R[k][j] - R[0][j] (its forgetting when negative; "
+        "a stage's points are cumulative, so a run's stages are not independent).",
+    ),
+    KLPairing(
+        "stage_start",
+        "KL from the stage's start",
+        "KL(p_start ‖ p_k) on stage k's own group, per token",
+        "accuracy change in stage k, R[k][j] − R[k−1][j],\nof each group j trained before it",
+        "From the stage's start: x = KL(p_start ‖ p_k), from the policy stage k started from "
+        "(after a remedy, the transformed model) to the one after it; y = each earlier-trained "
+        "group's accuracy change in that stage, R[k][j] - R[k-1][j].",
+    ),
+)
+"""RL's Razor's pairing first: the report's and compare's scatter and tables follow this order."""
+
 KL_DEFINITION = (
-    "KL on the new task (RL's Razor, Shenfeld et al. 2025): per stage k, the forward KL "
-    "KL(p_start ‖ p_k) from the stage's starting policy to the trained one, per token of the "
-    "next-token distributions along teacher-forced reference solutions of the first "
-    f"{probe_mod.PROBE_PUZZLES} test puzzles of the group stage k trains, averaged over those "
-    "tokens. Forgetting: each earlier group's accuracy change in that stage, R[k][j] - R[k-1][j]."
+    "Forgetting vs KL on the new task (RL's Razor, Shenfeld et al. 2025: forgetting tracks the "
+    "forward KL from the base policy to the fine-tuned one, on the new task's prompts). The KL "
+    "is per token of the next-token distributions along teacher-forced reference solutions of "
+    f"the first {probe_mod.PROBE_PUZZLES} test puzzles of the group stage k trains, averaged "
+    "over those tokens, in two pairings. "
+    + " ".join(p.definition for p in KL_PAIRINGS)
+    + " Pearson's r of each, with a 95 % percentile interval from a bootstrap over stages."
 )
 
 
 @dataclass(frozen=True)
 class KLPoint:
-    """One earlier group's accuracy change in a stage, beside the KL that stage moved on its own
-    (new) group; ``run`` tells runs apart when points of several seeds are pooled."""
+    """One other group's accuracy change beside the KL a stage moved on its own (new) group;
+    ``run`` tells runs apart when points of several seeds are pooled."""
 
     stage: str
     group: str
-    kl_forward: float
-    """KL(stage start ‖ after) on the stage's own group (RL's Razor's direction)."""
-    kl_reverse: float | None
-    """KL(after ‖ stage start), the report's former "KL moved"."""
+    kl: float
     change: float
     run: int = 0
 
 
 def kl_forgetting_points(
-    plast: Plasticity, R: np.ndarray, stage_cols: list[int], groups: list[str], run: int = 0
+    plast: Plasticity,
+    R: np.ndarray,
+    stage_cols: list[int],
+    groups: list[str],
+    pairing: str = "base",
+    run: int = 0,
 ) -> list[KLPoint]:
-    """Every (stage, earlier group) of a run whose KL and accuracy change were measured."""
+    """Every (stage, other group) of a run whose KL and accuracy change were measured, in
+    ``pairing`` (a name of ``KL_PAIRINGS``)."""
+    if pairing not in {p.name for p in KL_PAIRINGS}:
+        raise ValueError(f"unknown KL pairing {pairing!r}: one of {[p.name for p in KL_PAIRINGS]}")
     points: list[KLPoint] = []
     if plast.probes is None:
         return points
     for k in range(1, min(len(plast.probes), R.shape[0])):
-        own = groups[stage_cols[k - 1]]
-        kl = plast.probes[k].kl_forward.get(own)
+        own = stage_cols[k - 1]
+        if pairing == "base":
+            kl = plast.probes[k].kl_base.get(groups[own])
+            others, anchor = set(range(len(groups))), 0
+        else:
+            kl = plast.probes[k].kl_forward.get(groups[own])
+            others, anchor = {stage_cols[i] for i in range(k - 1)}, k - 1
         if kl is None:
             continue
-        seen = {stage_cols[i] for i in range(k - 1)}
-        for j in sorted(seen - {stage_cols[k - 1]}):
-            change = float(R[k, j] - R[k - 1, j])
+        for j in sorted(others - {own}):
+            change = float(R[k, j] - R[anchor, j])
             if math.isfinite(change):
-                reverse = plast.probes[k].kl_moved.get(own)
-                points.append(KLPoint(plast.rows[k], groups[j], kl, reverse, change, run))
+                points.append(KLPoint(plast.rows[k], groups[j], kl, change, run))
     return points
+
+
+def kl_forgetting(
+    plast: Plasticity, R: np.ndarray, stage_cols: list[int], groups: list[str], run: int = 0
+) -> dict[str, list[KLPoint]]:
+    """Pairing name -> its points, for every pairing of ``KL_PAIRINGS``."""
+    return {
+        p.name: kl_forgetting_points(plast, R, stage_cols, groups, p.name, run) for p in KL_PAIRINGS
+    }
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -241,10 +296,10 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def kl_correlation(points: list[KLPoint], resamples: int = BOOTSTRAP_RESAMPLES) -> Estimate:
-    """Pearson's r between the KL a stage moved and the accuracy changes of earlier groups, with a
+    """Pearson's r between the KL a stage moved and the accuracy changes of other groups, with a
     95 % percentile interval from a bootstrap over stages (a stage's points share its KL, so
     they are resampled together; stages of different runs are distinct clusters)."""
-    x = np.array([p.kl_forward for p in points])
+    x = np.array([p.kl for p in points])
     y = np.array([p.change for p in points])
     r = pearson(x, y)
     clusters = sorted({(p.run, p.stage) for p in points})

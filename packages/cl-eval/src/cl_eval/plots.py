@@ -443,27 +443,53 @@ def plasticity(
     return _save(fig, out)
 
 
-def kl_forgetting(points: Sequence[KLPoint], r: Estimate, out: Path, title: str) -> Path:
-    """Change of each earlier group's accuracy in a stage against the forward KL that stage moved
-    on its own group, with the least-squares line and Pearson's r with its 95 % interval."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    if points:
-        x = np.array([p.kl_forward for p in points])
+def kl_forgetting(
+    pairings: dict[str, tuple[Sequence[KLPoint], Estimate]], out: Path, title: str
+) -> Path:
+    """A panel per KL pairing (``plasticity.KL_PAIRINGS``, RL's Razor's first): the accuracy
+    change of the other groups against the KL the stage moved on its own group, with the
+    least-squares line and, above it, Pearson's r with its 95 % interval. A group has one colour
+    in both panels, and one legend below them, where it hides no point."""
+    from cl_eval.plasticity import KL_PAIRINGS
+
+    shown = [p for p in KL_PAIRINGS if p.name in pairings]
+    groups = sorted({pt.group for points, _ in pairings.values() for pt in points})
+    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(6.2 * len(shown), 5.2), squeeze=False, layout="constrained"
+    )
+    for ax, pairing in zip(axes[0], shown, strict=True):
+        points, r = pairings[pairing.name]
+        n = f"{len(points)} point{'s' if len(points) != 1 else ''}"
+        if not points:
+            summary = "nothing to correlate"
+        elif r.value is None:
+            summary = f"{n}: too few, or too alike, for r"
+        else:
+            ci = "" if r.lo is None else f" [{r.lo:.2f}, {r.hi:.2f}]"
+            summary = f"Pearson r = {r.value:.2f}{ci}, {n}"
+        ax.set_title(f"{pairing.title}\n{summary}", fontsize=10)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel(pairing.kl_label)
+        ax.set_ylabel(pairing.change_label)
+        if not points:
+            ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
+            continue
+        x = np.array([p.kl for p in points])
         y = np.array([p.change for p in points])
-        for g in sorted({p.group for p in points}):
+        for g in groups:
             sel = [i for i, p in enumerate(points) if p.group == g]
-            ax.scatter(x[sel], y[sel], label=f"earlier group {g}", s=25)
+            if sel:
+                ax.scatter(x[sel], y[sel], s=25, color=colour[g])
         if r.value is not None:
             slope, intercept = np.polyfit(x, y, 1)
             xs = np.linspace(x.min(), x.max(), 20)
-            ci = "" if r.lo is None else f" [{r.lo:.2f}, {r.hi:.2f}]"
-            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1,
-                    label=f"least squares; Pearson r = {r.value:.2f}{ci}")  # fmt: skip
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_xlabel("KL(stage start ‖ after) on the stage's own group, per token")
-    ax.set_ylabel("accuracy change of an earlier group in the stage")
-    ax.set_title(title, fontsize=10)
+            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colour[g], label=g) for g in groups]
+    if any(r.value is not None for _, r in pairings.values()):
+        handles.append(plt.Line2D([], [], color="0.4", lw=1, label="least squares"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+                   title="other group j", title_fontsize=8)  # fmt: skip
+    fig.suptitle(title)
     return _save(fig, out)

@@ -13,7 +13,9 @@ base model was warm-started on when its record says so, else as worked solutions
   distributions of the stage's start (p_before) and its end (p_after), in both directions:
   ``kl_moved`` = KL(p_after ‖ p_before), and ``kl_forward`` = KL(p_before ‖ p_after), the direction
   of "RL's Razor" (Shenfeld et al. 2025: forgetting tracks the forward KL from the policy before
-  fine-tuning to the one after, on the new task's prompts).
+  fine-tuning to the one after, on the new task's prompts);
+- and ``kl_base`` = KL(p_base ‖ p_after), the forward KL from the base model (the first checkpoint
+  probed) rather than from the stage's start: RL's Razor's own reference policy.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class CheckpointProbe:
     """Per group: KL(this ‖ stage start) per reference token (empty for the first)."""
     kl_forward: dict[str, float] = field(default_factory=dict)
     """Per group: KL(stage start ‖ this) per reference token, RL's Razor's direction."""
+    kl_base: dict[str, float] = field(default_factory=dict)
+    """Per group: KL(base ‖ this) per reference token, RL's Razor's measure (empty for the base)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class CheckpointProbe:
             "soft_accuracy": self.soft_accuracy,
             "kl_moved": self.kl_moved,
             "kl_forward": self.kl_forward,
+            "kl_base": self.kl_base,
         }
 
 
@@ -194,11 +199,19 @@ def _log_probs(states: SolutionStates, lo: int, hi: int) -> Any:
     return torch.log_softmax(states.head(states.hidden[lo:hi]).float(), dim=-1)
 
 
+def _kl_sum(p_log: Any, q_log: Any) -> float:
+    """Σ over the rows of KL(p ‖ q), from log-probabilities (neither is modified)."""
+    import torch
+
+    return float((p_log.exp() * (p_log - q_log)).sum(-1).sum(dtype=torch.float64))
+
+
 def soft_and_kl(
-    states: SolutionStates, previous: SolutionStates | None
-) -> tuple[float, float | None, float | None]:
-    """Mean log-likelihood per solution token, and KL(model ‖ previous) and KL(previous ‖ model)
-    per solution token.
+    states: SolutionStates, previous: SolutionStates | None, base: SolutionStates | None = None
+) -> tuple[float, float | None, float | None, float | None]:
+    """Mean log-likelihood per solution token, and KL(model ‖ previous), KL(previous ‖ model) and
+    KL(base ‖ model) per solution token (None without ``previous`` or ``base``): the model's
+    log-probabilities of a chunk serve all three.
 
     In float32, ``LOGIT_CHUNK_BYTES`` of logits at a time, summed in float64: the whole
     (tokens × vocabulary) matrix in float64 was 3 GB per group for Qwen's vocabulary. float32
@@ -206,26 +219,31 @@ def soft_and_kl(
     compares both), far below the differences the report shows."""
     import torch
 
-    if previous is not None and not torch.equal(previous.tokens, states.tokens):
-        raise ValueError("the two checkpoints tokenize the probe's solutions differently")
+    for other in (previous, base):
+        if other is not None and not torch.equal(other.tokens, states.tokens):
+            raise ValueError("the two checkpoints tokenize the probe's solutions differently")
     n = len(states.tokens)
     vocab = states.head.weight.shape[0]
     rows = max(1, LOGIT_CHUNK_BYTES // (4 * vocab))
-    log_lik = kl = forward = 0.0
+    log_lik = kl = forward = from_base = 0.0
     with torch.inference_mode():
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             logp = _log_probs(states, lo, hi)
             picked = logp.gather(-1, states.tokens[lo:hi, None])
             log_lik += float(picked.sum(dtype=torch.float64))
+            if base is not None:
+                from_base += _kl_sum(_log_probs(base, lo, hi), logp)
             if previous is not None:
                 before = _log_probs(previous, lo, hi)
                 diff = logp - before
                 kl += float((logp.exp_() * diff).sum(-1).sum(dtype=torch.float64))
                 forward -= float((before.exp_() * diff).sum(-1).sum(dtype=torch.float64))
+    per = max(n, 1)
+    based = None if base is None else from_base / per
     if previous is None:
-        return log_lik / max(n, 1), None, None
-    return log_lik / max(n, 1), kl / max(n, 1), forward / max(n, 1)
+        return log_lik / per, None, None, based
+    return log_lik / per, kl / per, forward / per, based
 
 
 def soft_accuracy_and_kl(
@@ -234,7 +252,7 @@ def soft_accuracy_and_kl(
     """Mean log-likelihood per solution token, and KL(model ‖ previous) and KL(previous ‖ model)
     per solution token."""
     before = None if previous is None else solution_states(previous, tokenizer, pairs)[0]
-    return soft_and_kl(solution_states(model, tokenizer, pairs)[0], before)
+    return soft_and_kl(solution_states(model, tokenizer, pairs)[0], before)[:3]
 
 
 def _same(a: Path | None, b: Path | None) -> bool:
@@ -287,11 +305,12 @@ def probe_checkpoints(
     progress: Callable[[float], None] | None = None,
 ) -> list[CheckpointProbe]:
     """Every diagnostic for each checkpoint in order; the KL a checkpoint moved is measured
-    against its stage's start (``starts[i]``; None for the base model). One model is in memory at
-    a time: a checkpoint's ``SolutionStates`` stand in for it when the next one's KL is measured
-    (its output layer read again after the next model is loaded, so that loading a model, whose
-    bf16 file is mapped while float32 weights fill, never has a second output layer beside it).
-    Torch's thread count and grad mode are as before on return."""
+    against its stage's start (``starts[i]``; None for the base model), and against the base
+    model, ``checkpoints[0]``. One model is in memory at a time: a checkpoint's ``SolutionStates``
+    stand in for it when the next one's KL is measured, and the base's, kept throughout, when
+    every later one's is (an output layer read again after the next model is loaded, so that
+    loading a model, whose bf16 file is mapped while float32 weights fill, never has a second
+    output layer beside it). Torch's thread count and grad mode are as before on return."""
     import torch
     from transformers import AutoTokenizer
 
@@ -301,6 +320,7 @@ def probe_checkpoints(
     probe = build_probe_set(data_dir, groups, tokenizer, k, completion_style(checkpoints[0]))
     results: list[CheckpointProbe] = []
     previous: tuple[Path, dict[str, SolutionStates]] | None = None
+    base: tuple[Path, dict[str, SolutionStates]] | None = None
     try:
         with torch.inference_mode():
             for path, start in zip(checkpoints, starts, strict=True):
@@ -322,9 +342,10 @@ def probe_checkpoints(
                 # threads made the tiny model's probe 3x slower on 2 busy cores.
                 small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
                 torch.set_num_threads(1 if small else threads)
-                res, states = _probe_one(model, tokenizer, probe, groups, reference)
+                res, states = _probe_one(model, tokenizer, probe, groups, reference, base)
                 results.append(res)
                 previous, reference = (Path(path), states), None
+                base = base or previous
                 del model
                 if progress:
                     progress(1 / len(checkpoints))
@@ -346,27 +367,38 @@ def _probe_one(
     probe: ProbeSet,
     groups: Sequence[str],
     reference: tuple[Path, dict[str, SolutionStates]] | None,
+    base: tuple[Path, dict[str, SolutionStates]] | None = None,
 ) -> tuple[CheckpointProbe, dict[str, SolutionStates]]:
-    """One checkpoint's diagnostics, its KL against ``reference`` (a checkpoint's path and
-    states); and its own states, to stand in for it later."""
+    """One checkpoint's diagnostics, its KL against ``reference`` and from ``base`` (a
+    checkpoint's path and states); and its own states, to stand in for it later. The base's output
+    layer is read beside the start's (one more, 0.54 GB in float32 for Qwen2.5-0.5B's, 0.93 GB for
+    1.5B's), so that the model's log-probabilities of a chunk serve both KLs; a stage that
+    started from the base (the first) reuses its stage-start KL."""
     states, scores, finals = _states(model, tokenizer, probe, groups)
     _return_freed_memory()  # before the reference's output layer is read
     res = CheckpointProbe()
     for tau, (per_layer, overall) in dormant_fractions(scores).items():
         res.dormant[tau], res.dormant_overall[tau] = per_layer, overall
     res.srank = srank(finals)
-    before = {}
+    before, anchor = {}, {}
     if reference is not None:
         head = _output_layer(reference[0], model)
         before = {g: replace(st, head=head) for g, st in reference[1].items()}
+    start_is_base = base is not None and reference is not None and _same(base[0], reference[0])
+    if base is not None and not start_is_base:
+        head = _output_layer(base[0], model)
+        anchor = {g: replace(st, head=head) for g, st in base[1].items()}
     own = model.get_output_embeddings()
     for g in groups:
-        soft, kl, forward = soft_and_kl(replace(states[g], head=own), before.get(g))
+        soft, kl, forward, from_base = soft_and_kl(
+            replace(states[g], head=own), before.get(g), anchor.get(g)
+        )
+        if start_is_base:
+            from_base = forward
         res.soft_accuracy[g] = soft
-        if kl is not None and math.isfinite(kl):
-            res.kl_moved[g] = kl
-        if forward is not None and math.isfinite(forward):
-            res.kl_forward[g] = forward
+        for out, value in ((res.kl_moved, kl), (res.kl_forward, forward), (res.kl_base, from_base)):
+            if value is not None and math.isfinite(value):
+                out[g] = value
     return res, states
 
 

@@ -20,11 +20,12 @@ from cl_eval.matrix import DEFINITIONS
 from cl_eval.passk import PassAtK
 from cl_eval.plasticity import (
     KL_DEFINITION,
+    KL_PAIRINGS,
     SUMMARY_TAU,
     KLPoint,
     Plasticity,
     kl_correlation,
-    kl_forgetting_points,
+    kl_forgetting,
 )
 from cl_eval.run import Run
 from cl_eval.stats import Estimate, MetricKey
@@ -270,8 +271,10 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
         if a.plasticity is None
         else {
             **a.plasticity.as_dict(),
-            "kl_forgetting": _kl_points(a),
-            "kl_forgetting_correlation": kl_correlation(_kl_points(a)),
+            "kl_forgetting": {
+                name: {"points": points, "correlation": kl_correlation(points)}
+                for name, points in _kl_points(a).items()
+            },
             "kl_definition": KL_DEFINITION,
         },
         "per_round": a.per_round,
@@ -419,10 +422,8 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             f"{title}: plasticity",
             tau=SUMMARY_TAU,
         )
-        points = _kl_points(a)
         figs["kl"] = plots.kl_forgetting(
-            points,
-            kl_correlation(points),
+            {name: (pts, kl_correlation(pts)) for name, pts in _kl_points(a).items()},
             plot_dir / f"kl_forgetting_{size}.png",
             f"{title}: forgetting vs KL on the new task",
         )
@@ -451,11 +452,12 @@ def _pass_curves(a: Analysis, pk: PassAtK) -> dict[str, list[Curve]]:
     return out
 
 
-def _kl_points(a: Analysis) -> list[KLPoint]:
+def _kl_points(a: Analysis) -> dict[str, list[KLPoint]]:
+    """Pairing name (``KL_PAIRINGS``) -> the run's points."""
     if a.plasticity is None:
-        return []
+        return {p.name: [] for p in KL_PAIRINGS}
     cols = [a.run.groups.index(st.group) for st in a.run.stages]
-    return kl_forgetting_points(a.plasticity, a.R, cols, a.run.groups)
+    return kl_forgetting(a.plasticity, a.R, cols, a.run.groups)
 
 
 def _dormant_matrix(p: Plasticity, tau: float = SUMMARY_TAU) -> tuple[list[int], np.ndarray] | None:
@@ -755,8 +757,9 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         "up with the next one's (cosine; Jaccard overlap of their top-1 % |Δ| coordinates, "
         "chance ≈ 0.005). Activations on a fixed probe of test prompts: τ-dormant MLP units "
         "(Sokar et al.), feature rank srank (Kumar et al.), and the KL a stage moved on the "
-        "reference solutions of its own group, per token, in both directions: KL(start ‖ after) "
-        "(RL's Razor's forward KL) and KL(after ‖ start)."
+        "reference solutions of its own group, per token: from the base model, KL(base ‖ after) "
+        "(RL's Razor's measure), and from the stage's start in both directions, KL(start ‖ after) "
+        "and KL(after ‖ start)."
     )
     probes = p.probes or []
     rows = []
@@ -774,6 +777,7 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
                 _fmt(p.mean_rank(r), 1),
                 "–" if norm is None else f"{norm:.2f}"
                 + (f" (×{norm / prev:.3f})" if prev else ""),
+                _fmt(pr.kl_base.get(own)) if pr and own else "–",
                 _fmt(pr.kl_forward.get(own)) if pr and own else "–",
                 _fmt(pr.kl_moved.get(own)) if pr and own else "–",
                 _fmt(geo.cosine.get("all")) if geo else "–",
@@ -782,7 +786,8 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         )  # fmt: skip
     d.table(
         ["after stage", "dormant τ=0", "τ=0.025", "τ=0.1", "srank", "MLP eff. rank",
-         "weight norm", "KL(start ‖ after), own group", "KL(after ‖ start), own group",
+         "weight norm", "KL(base ‖ after), own group", "KL(start ‖ after), own group",
+         "KL(after ‖ start), own group",
          "update cos → next", "top-1 % overlap → next"],
         rows,
     )  # fmt: skip
@@ -800,18 +805,23 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
             [[name, *(_fmt(float(v)) for v in S[i])] for i, name in enumerate(p.rows)],
         )
     _img(d, a, figs, "plasticity", "plasticity")
-    points = _kl_points(a)
-    if points:
+    by_pairing = _kl_points(a)
+    if any(by_pairing.values()):
         d.h(3, "Forgetting vs KL")
-        r = kl_correlation(points)
-        verdict = (
-            f"Pearson's r over the {len(points)} (stage, earlier group) pairs: {_est(r)} "
-            f"({r.method}); negative r: stages that moved more KL on their new group cost "
-            "earlier groups more accuracy."
-            if r.value is not None
-            else f"{len(points)} (stage, earlier group) pair(s): too few for a correlation."
+        d.p(
+            f"{KL_DEFINITION} A negative r: stages that moved more KL on their new group cost the "
+            "other groups more accuracy; it is supported only where its interval excludes 0."
         )
-        d.p(f"{KL_DEFINITION} {verdict}")
+        rows = []
+        for pairing in KL_PAIRINGS:
+            points = by_pairing[pairing.name]
+            r = kl_correlation(points)
+            rows.append([pairing.title, _est(r), *_interval_cells(r)[1:], str(len(points)),
+                         str(len({p.stage for p in points})),
+                         r.method if r.lo is not None else "–"])  # fmt: skip
+        d.table(
+            ["pairing", "Pearson r [95 %]", "excludes 0", "points", "stages", "interval"], rows
+        )
     _img(d, a, figs, "kl", "forgetting vs KL")
     if p.notes:
         d.ul(p.notes)
