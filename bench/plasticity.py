@@ -1,6 +1,7 @@
-"""The plasticity ablation on the CPU testbed (3 rounds, 12 stages): no remedy, replay 0.25, the
-KL anchored to the base model and shrink-and-perturb on 5 seeds each; ReDo, shrink-and-perturb
-toward the base and the joint multi-task baseline on 3; judged by ``cl-eval compare``.
+"""The plasticity ablation on the 3-round CPU testbed, judged by ``cl-eval compare``.
+
+Arms: no remedy, replay 0.25, the KL anchored to the base model and shrink-and-perturb on 5 seeds
+each; ReDo, shrink-and-perturb toward the base and the joint multi-task baseline on 3.
 
 Runs the real command lines, one curriculum after the other (a curriculum trains the tiny model on
 one torch thread, so it uses one core of the machine):
@@ -17,7 +18,8 @@ order), so the comparison is paired over seeds.
     uv run python bench/plasticity.py                              # all: 29 testbed runs
     uv run python bench/plasticity.py --arms none,kl-base --seeds 0,1  # a chunk
     uv run python bench/plasticity.py --compare-only
-    uv run python bench/plasticity.py --size tiny --arms none,kl-base --seeds 0 --max-steps 2
+    uv run python bench/plasticity.py --size tiny --arms none,kl-base --seeds 0 --max-steps 2 \
+        -- --val-max-samples 64
 """
 
 from __future__ import annotations
@@ -127,7 +129,13 @@ def main() -> None:
         default=True,
         help="cl-eval compare --plasticity (reads every checkpoint) [on]",
     )
+    ap.add_argument(
+        "trainer_args",
+        nargs=argparse.REMAINDER,
+        help="after --: more cl-trainer options for every run (e.g. --val-max-samples 64)",
+    )
     args = ap.parse_args()
+    more = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else args.trainer_args
     arms = args.arms.split(",")
     if unknown := [a for a in arms if a not in ARMS]:
         ap.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
@@ -144,6 +152,7 @@ def main() -> None:
         extra = [
             *(["--rounds", str(args.rounds)] if args.rounds else []),
             *(["--max-steps", str(args.max_steps)] if args.max_steps else []),
+            *more,
         ]
         for arm in arms:
             for seed in seeds or ARMS[arm].seeds:

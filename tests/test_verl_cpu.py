@@ -139,9 +139,17 @@ def test_verl_built_its_reference_through_the_plugin(run: Path) -> None:
 
 
 def test_validation_writes_every_sampled_answer(run: Path) -> None:
-    """veRL's own dump: ``--val-samples`` answers per puzzle, sharing the puzzle's ``uid``."""
+    """veRL's own dump: ``--val-samples`` answers per puzzle, keyed ``<puzzle>_<sample>_0`` (the
+    local backend writes the same)."""
     for step in (0, STEPS):
         lines = (run / "validation" / "R1_plus" / f"{step}.jsonl").read_text().splitlines()
-        uids = [json.loads(x)["uid"] for x in lines]
-        assert len(uids) == 2 * len(GROUPS) * VAL_SAMPLES  # 2 test puzzles per group
-        assert {uids.count(u) for u in uids} == {VAL_SAMPLES}
+        assert len(lines) == 2 * len(GROUPS) * VAL_SAMPLES  # 2 test puzzles per group
+        samples: dict[str, list[tuple[int, str]]] = {}
+        for record in map(json.loads, lines):
+            prompt, sample, output = record["uid"].rsplit("_", 2)
+            assert output == "0"
+            samples.setdefault(prompt, []).append((int(sample), str(record["gts"])))
+        assert len(samples) == 2 * len(GROUPS)
+        for answers in samples.values():
+            assert sorted(s for s, _ in answers) == list(range(VAL_SAMPLES))
+            assert len({gts for _, gts in answers}) == 1

@@ -243,7 +243,7 @@ def test_pass_at_k_validation_writes_n_sampled_answers_per_puzzle(
     setup, tmp_path: Path, capsys
 ) -> None:
     """cl-trainer's ``val_samples`` overrides: n answers per puzzle at the rollout temperature,
-    each a line of the validation dump (veRL's format, one ``uid`` per puzzle)."""
+    each a line of the validation dump in veRL's format (``uid``: ``<puzzle>_<sample>_0``)."""
     import json
 
     from cl_rundir.layout import Stage
@@ -265,7 +265,10 @@ def test_pass_at_k_validation_writes_n_sampled_answers_per_puzzle(
     lines = [json.loads(x) for x in (dump / "0.jsonl").read_text().splitlines()]
     by_uid: dict[str, list[dict]] = {}
     for line in lines:
-        by_uid.setdefault(line["uid"], []).append(line)
-    assert len(by_uid) == 8 and {len(v) for v in by_uid.values()} == {3}  # 2 groups x 4 puzzles
-    assert all(len({x["input"] for x in v}) == 1 for v in by_uid.values())
+        prompt, sample, output = line["uid"].rsplit("_", 2)
+        assert output == "0"
+        by_uid.setdefault(prompt, []).append({**line, "sample": int(sample)})
+    assert len(by_uid) == 8  # 2 groups x 4 puzzles
+    assert all(sorted(x["sample"] for x in v) == [0, 1, 2] for v in by_uid.values())
+    assert all(len({(x["input"], str(x["gts"])) for x in v}) == 1 for v in by_uid.values())
     assert sum(len({x["output"] for x in v}) > 1 for v in by_uid.values()) >= 4  # sampled

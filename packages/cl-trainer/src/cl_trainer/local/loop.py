@@ -304,7 +304,11 @@ class LocalTrainer:
                 ],
                 gts=[ex.reward_model["ground_truth"] for ex in examples],
                 scores=rewards,
-                reward_extra_infos_dict={**extras, "uid": sample_uids},
+                # veRL's dump key per answer: <prompt uid>_<sample>_<output of the agent loop>
+                reward_extra_infos_dict={
+                    **extras,
+                    "uid": [f"{u}_{i % n}_0" for i, u in enumerate(sample_uids)],
+                },
                 dump_path=str(dump),
                 global_steps=self.global_steps,
             )
