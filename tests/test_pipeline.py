@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     _run(
         str(BIN / "cl-trainer"), "--size", "testbed", "--groups", ",".join(GROUPS),
-        "--data-dir", str(data), "--out", str(run), "--no-wandb",
+        "--rounds", "1", "--data-dir", str(data), "--out", str(run), "--no-wandb",
         "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
         "--between-stages", "redo:tau=0.1", "--val-max-samples", str(VAL_PUZZLES),
         "--", "data.train_max_samples=16", cwd=work,

@@ -2,7 +2,10 @@
 --device cpu``, the very stage command ``plan`` prints plus ``cl_trainer.verl_cpu``'s overlay.
 
 The slow, real-veRL integration test (minutes, not seconds), on freshly generated data and a tiny
-model with a few SFT steps; two GRPO steps and a small validation set covering every group. What
+model with a few SFT steps; two GRPO steps and a small validation set covering every group, with
+two sampled answers per puzzle (``--val-samples``) and the KL reference from the base model's
+directory through ``cl_trainer.verl_reference`` (``--reference base``; in a first stage the base is
+also the actor's start, so the training is the same). What
 the stand-in (``packages/cl-trainer/tests/fake_verl.py``) cannot catch is caught here: Hydra,
 Ray, model loading, the rollout, weight sync, checkpointing, the log contract with cl-eval.
 """
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 STEPS = 2
+VAL_SAMPLES = 2
 TIMEOUT_S = 1200
 """Hard limit for the whole stage; it takes about 3-4 minutes on 2 cores."""
 
@@ -53,7 +57,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [
         str(BIN / "cl-trainer"), "--size", "tiny", "--backend", "verl", "--device", "cpu",
         "--groups", "plus", "--data-dir", str(data), "--out", str(run), "--no-wandb",
-        "--max-steps", str(STEPS), "--", f"data.val_files=[{val_files}]",
+        "--max-steps", str(STEPS), "--reference", "base", "--val-samples", str(VAL_SAMPLES),
+        "--", f"data.val_files=[{val_files}]",
     ]  # fmt: skip
     proc = subprocess.run(
         cmd,
@@ -96,7 +101,7 @@ def test_cl_eval_reads_the_log_of_every_group(run: Path) -> None:
     for step in (0, STEPS):
         keys = log.records[step]
         for g in GROUPS:
-            assert 0.0 <= keys[f"val-core/{data_source(g)}/acc/mean@1"] <= 1.0, (step, g)
+            assert 0.0 <= keys[f"val-core/{data_source(g)}/acc/mean@{VAL_SAMPLES}"] <= 1.0
     a = analyse(run)
     assert a.R.shape == (2, 1) and a.stages_used == 1
 
@@ -124,3 +129,27 @@ def test_verl_ran_with_the_step_cap_and_the_rollout_context(run: Path) -> None:
     conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
     assert conf.trainer.total_training_steps == STEPS
     assert conf.actor_rollout_ref.rollout.max_model_len == 96 + 48  # the tiny preset's lengths
+
+
+def test_verl_built_its_reference_through_the_plugin(run: Path) -> None:
+    log = (run / "logs" / "ContinualCountdown_R1_plus.log").read_text()
+    assert f"cl-trainer: reference policy from {run / 'base_model'}" in log
+    conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
+    assert conf.actor_rollout_ref.actor.use_kl_loss  # the reference is used
+
+
+def test_validation_writes_every_sampled_answer(run: Path) -> None:
+    """veRL's own dump: ``--val-samples`` answers per puzzle, keyed ``<puzzle>_<sample>_0`` (the
+    local backend writes the same)."""
+    for step in (0, STEPS):
+        lines = (run / "validation" / "R1_plus" / f"{step}.jsonl").read_text().splitlines()
+        assert len(lines) == 2 * len(GROUPS) * VAL_SAMPLES  # 2 test puzzles per group
+        samples: dict[str, list[tuple[int, str]]] = {}
+        for record in map(json.loads, lines):
+            prompt, sample, output = record["uid"].rsplit("_", 2)
+            assert output == "0"
+            samples.setdefault(prompt, []).append((int(sample), str(record["gts"])))
+        assert len(samples) == 2 * len(GROUPS)
+        for answers in samples.values():
+            assert sorted(s for s, _ in answers) == list(range(VAL_SAMPLES))
+            assert len({gts for _, gts in answers}) == 1

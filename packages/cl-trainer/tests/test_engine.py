@@ -405,6 +405,43 @@ def test_a_newly_declared_remedy_on_data_needs_no_engine_change(case: EngineCase
     assert case.record()["config"]["between_stages"] == ["replay-all:share=0.75"]
 
 
+def test_a_joint_curriculum_mixes_every_group_into_every_stage(case: EngineCase) -> None:
+    """The joint baseline: the sequential stages, names and steps, each stage on an equal mixture
+    of both groups; over a round every group's puzzles are each trained on once, as sequentially."""
+    import pyarrow.parquet as pq
+
+    sequential = case.cfg(algo="grpo")
+    joint = case.cfg(algo="grpo", curriculum="joint", out=case.run.parent / "joint")
+    for cfg in (sequential, joint):
+        assert case.engine(cfg) == 0
+    calls = case.calls_made()
+    seq, mixed = calls[:4], calls[4:]
+    rec = json.loads((case.run.parent / "joint" / "run.json").read_text())
+    assert rec["curriculum"] == "joint" and case.record()["curriculum"] == "sequential"
+    assert [s["name"] for s in rec["stages"]] == [s["name"] for s in case.record()["stages"]]
+    seen: dict[int, list[tuple]] = {1: [], 2: []}
+    for stage, call in zip(rec["stages"], mixed, strict=True):
+        path = next(a.split("=", 1)[1] for a in call["argv"] if a.startswith("data.train_files="))
+        assert path == str(case.run.parent / "joint" / "joint" / stage["name"] / "train.parquet")
+        rows = pq.read_table(path).to_pylist()
+        groups = [r["extra_info"]["group"] for r in rows]
+        assert len(rows) == 40 and groups.count("plus") == groups.count("plus_minus") == 20
+        seen[stage["round"]] += [(r["target"], tuple(r["nums"])) for r in rows]
+        assert stage["status"] == "done" and stage["global_steps"] == 5  # as sequentially
+    for puzzles in seen.values():  # a round: each training puzzle of each group once
+        assert len(set(puzzles)) == len(puzzles) == 80
+    assert [c["experiment"] for c in seq] == [c["experiment"] for c in mixed]
+
+
+def test_reference_base_reaches_every_stage_process(case: EngineCase) -> None:
+    assert case.engine(case.cfg(algo="grpo", reference="base")) == 0
+    calls = case.calls_made()
+    assert len(calls) == 4 and calls[2]["model"] != str(case.model)
+    assert {c["reference_model"] for c in calls} == {str(case.model)}
+    assert {c["verl_modules"] for c in calls} == {None}  # the local backend reads it itself
+    assert case.record()["config"]["reference"] == "base"
+
+
 def test_a_run_json_from_an_older_or_hand_edited_file_resumes(case: EngineCase) -> None:
     """Keys the reader does not know are ignored; keys it knows with the wrong type stop the
     trainer with the fix, before anything runs."""
@@ -428,7 +465,7 @@ def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
 ) -> None:
     """run.json from a trainer without ``val_max_samples`` and ``max_steps``: resuming it with
     their defaults is the same training; asking for another value is a change like any other."""
-    added = ("val_max_samples", "max_steps")
+    added = ("val_max_samples", "max_steps", "val_samples")
     cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
     assert case.engine(cfg) == 0
     m = case.record()
@@ -441,7 +478,7 @@ def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
     for key in added:
         del m["config"][key]
     (case.run / "run.json").write_text(json.dumps(m))
-    for key, value in zip(added, (4, 3), strict=True):
+    for key, value in zip(added, (4, 3, 2), strict=True):
         changed = case.cfg(algo="grpo", rounds=1, groups=["plus"], **{key: value})
         with pytest.raises(TrainerError, match=rf"{key}: None -> {value}"):
             case.engine(changed)

@@ -227,3 +227,13 @@ def test_replay_holds_the_fraction_from_earlier_groups_only(data_dir: Path, tmp_
     assert len({(r["target"], tuple(r["nums"])) for r in rows}) == len(rows)
     again = replay({"fraction": 0.25}, DataInputs(own, earlier, out, seed=0))
     np.testing.assert_equal(again, changed)  # same seed
+
+
+def test_a_joint_curriculum_refuses_a_remedy_on_data(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"replay:fraction=0\.25 .* joint already mixes") as err:
+        resolve_config("tiny", data_dir=data_dir, out=tmp_path, curriculum="joint",
+                       between_stages=["replay"])  # fmt: skip
+    assert "\n" not in str(err.value)
+    cfg = resolve_config("tiny", data_dir=data_dir, out=tmp_path, curriculum="joint",
+                         between_stages=["redo"])  # fmt: skip
+    assert cfg.curriculum == "joint"

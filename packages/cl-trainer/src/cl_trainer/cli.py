@@ -323,6 +323,11 @@ def plan(as_json: bool, **params: Any) -> None:
         f"# {data['name']}: {plural(len(data['stages']), 'stage')}, backend {cfg['backend']}, "
         f"algo {cfg['algo']}, run dir {data['run_dir']}"
     )
+    if cfg["curriculum"] == "joint":
+        click.echo(
+            "# joint curriculum: every stage trains on an equal mixture of all groups (its "
+            "training file is built in the run directory when the stage starts)"
+        )
     for line in size_lines(data):
         click.echo(line)
     click.echo("# resolved configuration:")

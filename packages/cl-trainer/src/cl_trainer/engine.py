@@ -32,6 +32,7 @@ from cl_trainer import checkpoints
 from cl_trainer.checks import check_disk
 from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
 from cl_trainer.errors import TrainerError
+from cl_trainer.joint import write_joint_file
 from cl_trainer.overrides import data_template, replayed_groups
 from cl_trainer.presets import TINY_MODEL_SENTINEL
 from cl_trainer.record import config_diff, new_record, read_run
@@ -348,6 +349,8 @@ class Engine:
                 )
         else:
             link_model_dir(source, initial, fallback="symlink")
+        if cfg.curriculum == "joint":
+            write_joint_file(cfg, stage)  # again on a resume: cheap, and the same file
         self._apply_data_remedies(stage, rec)
         self._save()
         return source

@@ -49,6 +49,7 @@ def new_record(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> RunR
         versions=versions(),
         base_model=base_model,
         groups=list(cfg.groups),
+        curriculum=cfg.curriculum,
         config=cfg.to_dict(),
         cpu_overlay=(
             dict(zip(("overrides", "env"), cpu_overlay(), strict=True))

@@ -168,7 +168,7 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
     export = n * EXPORT_BYTES_PER_PARAM * roles
     transformed = bool(acting_on(cfg.between_stages, "weights"))
     prompts = val_prompts(cfg)
-    record = prompts * (cfg.max_prompt_length + cfg.max_response_length)
+    record = prompts * cfg.val_samples * (cfg.max_prompt_length + cfg.max_response_length)
     record *= VALIDATION_BYTES_PER_TOKEN
     sizes = []
     for stage in stages:

@@ -46,6 +46,7 @@ from verl.utils.tracking import Tracking
 from cl_trainer.local import checkpoint, rollout
 from cl_trainer.local.config import LocalConfigError
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
+from cl_trainer.reference import REFERENCE_MODEL_ENV
 
 
 @contextmanager
@@ -147,7 +148,7 @@ class LocalTrainer:
             self.device
         )
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
-        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if self.use_ref else None
+        self.ref = self._reference() if self.use_ref else None
         self.kl_ctrl = (
             core_algos.get_kl_controller(cfg.algorithm.kl_ctrl)
             if cfg.algorithm.use_kl_in_reward
@@ -187,6 +188,16 @@ class LocalTrainer:
         with open_dict(self.loss_cfg):
             self.loss_cfg.global_batch_info = {}
         self.global_steps = 0
+
+    def _reference(self) -> torch.nn.Module:
+        """The KL penalty's frozen reference: the actor's start, or ``--reference base``'s model
+        (``cl_trainer.reference``)."""
+        path = os.environ.get(REFERENCE_MODEL_ENV)
+        if not path:
+            return copy.deepcopy(self.model).eval().requires_grad_(False)
+        print(f"cl-trainer: reference policy from {path}")
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        return ref.eval().requires_grad_(False)
 
     def _scheduler(self, optim_cfg: DictConfig) -> Any:
         warmup = int(optim_cfg.get("lr_warmup_steps", -1))
@@ -293,7 +304,11 @@ class LocalTrainer:
                 ],
                 gts=[ex.reward_model["ground_truth"] for ex in examples],
                 scores=rewards,
-                reward_extra_infos_dict={**extras, "uid": sample_uids},
+                # veRL's dump key per answer: <prompt uid>_<sample>_<output of the agent loop>
+                reward_extra_infos_dict={
+                    **extras,
+                    "uid": [f"{u}_{i % n}_0" for i, u in enumerate(sample_uids)],
+                },
                 dump_path=str(dump),
                 global_steps=self.global_steps,
             )
