@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cl_rundir.layout import LOGS_DIR, RUN_JSON
+from cl_rundir.oserrors import OneLineOSErrors
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,7 +28,11 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
-@click.group(context_settings=CONTEXT)
+class Main(OneLineOSErrors, click.Group):
+    """The command group: a failed read or write ends in one ``Error:`` line."""
+
+
+@click.group(cls=Main, context_settings=CONTEXT)
 def main() -> None:
     """Continual-learning analysis of Countdown runs (reads run dirs; never trains)."""
 
