@@ -169,6 +169,11 @@ def soft_accuracy_and_kl(
     return soft, float((kl * mask).sum() / mask.sum())
 
 
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _same(a: Path | None, b: Path | None) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
@@ -179,19 +184,29 @@ def probe_checkpoints(
     data_dir: Path,
     groups: Sequence[str],
     k: int = PROBE_PUZZLES,
-) -> list[CheckpointProbe]:
+    notes: list[str] | None = None,
+) -> list[CheckpointProbe | None]:
     """Every diagnostic for each checkpoint in order; the KL a checkpoint moved is measured
     against its stage's start (``starts[i]``; None for the base model). At most two models are in
-    memory at a time, and the start is the previous checkpoint unless a remedy changed it."""
+    memory at a time, and the start is the previous checkpoint unless a remedy changed it.
+    A checkpoint that does not load (a damaged header, no config.json) is None, with a note in
+    ``notes``, as the weight diff and the spectra skip theirs."""
     import torch
 
     torch.set_grad_enabled(False)
     threads = torch.get_num_threads()
-    results: list[CheckpointProbe] = []
+    results: list[CheckpointProbe | None] = []
     previous: tuple[Path, Any] | None = None
     probe: ProbeSet | None = None
+    notes = notes if notes is not None else []
     for path, start in zip(checkpoints, starts, strict=True):
-        model, tokenizer = load_model(path)
+        try:
+            model, tokenizer = load_model(path)
+        except Exception as exc:  # what transformers raises for a damaged model varies by fault
+            notes.append(f"activation diagnostics of {path} skipped ({_reason(exc)})")
+            results.append(None)
+            previous = None
+            continue
         # A small model's matrices are too small to share among threads: spinning OpenMP
         # threads made the tiny model's probe 3x slower on 2 busy cores.
         small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
@@ -201,7 +216,10 @@ def probe_checkpoints(
         reference = None
         if start is not None:
             reuse = previous is not None and _same(previous[0], start)
-            reference = previous[1] if reuse and previous else load_model(start)[0]
+            try:
+                reference = previous[1] if reuse and previous else load_model(start)[0]
+            except Exception as exc:  # as above: the KL it moved is left out, not guessed
+                notes.append(f"KL moved from {start} skipped ({_reason(exc)})")
         texts = [t for g in groups for t in probe.prompts[g]]
         scores, finals = unit_scores(model, tokenizer, texts)
         res = CheckpointProbe()
