@@ -282,8 +282,8 @@ def compare(
     from rich.table import Table
 
     from cl_eval.analysis import analyse
+    from cl_eval.compare import comparability, expand, tables, write_outputs
     from cl_eval.compare import compare as run_compare
-    from cl_eval.compare import expand, tables, write_outputs
     from cl_eval.report import json_safe
     from cl_eval.run import RunError
 
@@ -306,6 +306,11 @@ def compare(
             conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
+    problem, warnings = comparability(conditions)
+    if problem is not None:
+        raise click.UsageError(problem)
+    for w in warnings:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     result = run_compare(conditions)
     if as_json:
         click.echo(json.dumps(json_safe(result.as_dict()), indent=2))
