@@ -171,3 +171,6 @@ def test_the_probe_skips_a_checkpoint_that_does_not_load(tmp_path) -> None:
     notes: list[str] = []
     assert probe_checkpoints([damaged], [None], tmp_path, GROUPS, 4, notes) == [None]
     assert len(notes) == 1 and str(damaged) in notes[0] and "skipped" in notes[0]
+    import torch
+
+    assert torch.is_grad_enabled()  # the caller's setting is back: later training still learns

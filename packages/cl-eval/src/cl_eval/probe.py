@@ -193,12 +193,30 @@ def probe_checkpoints(
     ``notes``, as the weight diff and the spectra skip theirs."""
     import torch
 
+    threads, grad = torch.get_num_threads(), torch.is_grad_enabled()
     torch.set_grad_enabled(False)
-    threads = torch.get_num_threads()
+    try:  # the caller's torch settings come back however this ends
+        notes = notes if notes is not None else []
+        return _probe_each(checkpoints, starts, data_dir, groups, k, notes, threads)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
+
+
+def _probe_each(
+    checkpoints: Sequence[Path],
+    starts: Sequence[Path | None],
+    data_dir: Path,
+    groups: Sequence[str],
+    k: int,
+    notes: list[str],
+    threads: int,
+) -> list[CheckpointProbe | None]:
+    import torch
+
     results: list[CheckpointProbe | None] = []
     previous: tuple[Path, Any] | None = None
     probe: ProbeSet | None = None
-    notes = notes if notes is not None else []
     for path, start in zip(checkpoints, starts, strict=True):
         try:
             model, tokenizer = load_model(path)
@@ -233,5 +251,4 @@ def probe_checkpoints(
                 res.kl_moved[g] = kl
         results.append(res)
         previous = (Path(path), model)
-    torch.set_num_threads(threads)
     return results
