@@ -153,3 +153,23 @@ def test_a_joint_run_stands_beside_the_curriculum_as_its_upper_bound(
     assert diffs["R[final][plus]"]["mean"] == pytest.approx(0.3 + 0.01 / 2)
     md = (out / "compare.md").read_text()
     assert "joint (upper bound)" in md
+
+
+def test_runs_of_different_curricula_are_not_averaged_or_contrasted(
+    tmp_path, verl_line, synth
+) -> None:
+    """4 groups against 1 (here 2 stages against 1) is no comparison: refused in one line that
+    names both runs, instead of one averaged condition and "excludes 0: yes"."""
+    R2 = np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]])
+    synth.make_run(tmp_path / "two", verl_line, R2, [(1, "plus"), (1, "plus_minus")], GROUPS,
+                   checkpoints=False)  # fmt: skip
+    synth.make_run(tmp_path / "one", verl_line, R2[:2, :1], [(1, "plus")], ["plus"],
+                   checkpoints=False)  # fmt: skip
+    for argv in (
+        [str(tmp_path / "two"), str(tmp_path / "one")],
+        ["--label", f"a={tmp_path}/two", "--label", f"b={tmp_path}/one"],
+    ):
+        res = CliRunner().invoke(main, ["compare", *argv, "--out", str(tmp_path / "cmp")])
+        assert res.exit_code == 2, res.output
+        assert "one curriculum" in res.output and str(tmp_path / "one") in res.output
+        assert not (tmp_path / "cmp").exists()

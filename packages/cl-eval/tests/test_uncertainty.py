@@ -165,3 +165,39 @@ def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(
     assert est.method == "bootstrap, paired by puzzle"
     true = (after - before) / 2
     assert est.value == pytest.approx(true) and est.lo <= true <= est.hi and est.lo > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '"acc": 7.5',  # out of range: was averaged in, giving accuracies of 3.75
+        '"acc": NaN',
+        '"acc": "1"',
+        '"gts": {"target": 1e999, "numbers": [1, 2]}',  # was an OverflowError
+        '"gts": {"target": 5, "numbers": [Infinity]}',
+        '"gts": {"target": 5.5, "numbers": [1]}',
+        '"gts": {"target": 5, "numbers": [true]}',
+        '"score": Infinity',
+    ],
+)
+def test_a_record_with_a_value_out_of_range_is_skipped_naming_file_and_line(
+    recorded_run, bad: str
+) -> None:
+    """Every field read from a record is checked; a bad one costs that line, never a number."""
+    run, _ = recorded_run
+    clean = analyse(run)
+    path = run / "validation" / "R1_plus" / "6.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[0])
+    key, raw = bad.split(": ", 1)
+    if key == '"score"':
+        record.pop("acc")  # the score is read only without an acc
+    record[json.loads(key)] = "BAD"
+    text = json.dumps(record).replace('"BAD"', raw)
+    path.write_text("\n".join([*lines, text]) + "\n")
+    a = analyse(run)
+    named = [w for w in a.warnings if str(path) in w and f"line {len(lines) + 1}:" in w]
+    assert named, a.warnings
+    np.testing.assert_array_equal(a.uncertainty.lo, clean.uncertainty.lo)
+    np.testing.assert_array_equal(a.uncertainty.hi, clean.uncertainty.hi)
+    assert a.uncertainty.n == clean.uncertainty.n

@@ -540,3 +540,106 @@ def test_the_wandb_key_travels_in_no_ray_job_config(case: EngineCase) -> None:
     (call,) = case.calls_made()
     assert call["wandb_mode"] == "online"
     assert "key-123-secret" not in json.dumps([call["argv"], call["ray_job_config"]])
+
+
+def test_a_resume_on_other_data_is_refused_naming_what_changed(
+    case: EngineCase, tmp_path: Path
+) -> None:
+    """The run records the checksums of the data it started on; regenerating the data set
+    with another seed under it is refused, not trained and validated on silently."""
+    import shutil
+
+    from countdown_data import GenConfig, write_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(case.data_dir, data)
+    cfg = case.cfg(algo="grpo", rounds=1, data_dir=data)
+    assert case.engine(cfg, fail="ContinualCountdown_R1_plus:3") == 1
+    started = case.record()["data"]
+    assert sorted(started) == [f"{g}/{s}.parquet" for g in GROUPS2 for s in ("test", "train")]
+    write_dataset(GenConfig(train_size=40, test_size=8, seed=1), data)
+    with pytest.raises(TrainerError, match=r"plus/test.parquet changed.*new --out") as err:
+        case.engine(cfg)
+    assert "\n" not in str(err.value)
+    assert len(case.calls_made()) == 1 and case.record()["data"] == started
+    assert case.engine(cfg, force=True) == 0  # continuing on it anyway is the user's call
+    assert case.record()["data"] != started
+
+
+def test_a_second_interrupt_hastens_the_stop_and_never_abandons_it() -> None:
+    """Ray and vLLM take a while to exit on SIGINT: a second Ctrl-C while the engine waits goes
+    straight to SIGKILL, and the engine returns only once the stage is gone."""
+    import signal
+    import subprocess
+    import time
+
+    from cl_trainer.engine import STOP_GRACE_S, stop_group
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time\n"
+         "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline()  # its handler is set
+
+    def second_ctrl_c(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    t0 = time.monotonic()
+    try:
+        stop_group(stubborn, signal.SIGINT)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        stubborn.kill()
+    assert stubborn.poll() == -signal.SIGKILL
+    assert time.monotonic() - t0 < STOP_GRACE_S[signal.SIGINT] / 2
+
+
+def test_a_refusal_names_the_stage_that_outlived_its_engine(tmp_path: Path) -> None:
+    """kill -9 of the engine leaves its stage holding the lock: the refusal names that process,
+    not the dead engine."""
+    with RunLock(tmp_path) as held:
+        held.stage_started("R1_plus", os.getpid())
+        held.info["pid"] = 2**22 + 12345  # the engine, gone (beyond any pid_max in use)
+        held._write_info()
+        with pytest.raises(TrainerError) as err:
+            RunLock(tmp_path).__enter__()
+    message = str(err.value)
+    assert f"stage R1_plus (pid {os.getpid()}" in message
+    assert f"kill -- -{os.getpid()}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("hopeless", [False, True])
+def test_a_full_disk_records_the_stage_failed_or_keeps_run_json_whole(
+    case: EngineCase, hopeless: bool
+) -> None:
+    """The disk fills during a stage: run.json's last write gets the reserve's room (the stage
+    recorded failed with its reason), or, with no room at all, run.json keeps its last state;
+    either way one line names the cause and run.json stays readable."""
+    import errno
+
+    import cl_rundir.record
+
+    real = cl_rundir.record.write_atomic
+    reserve = case.run / ".cl-trainer.reserve"
+
+    def full_disk(target: Path, data: str | bytes) -> None:
+        if '"status": "failed"' in str(data) and (hopeless or reserve.exists()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(target, data)
+
+    case.monkeypatch.setattr(cl_rundir.record, "write_atomic", full_disk)
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    with pytest.raises(TrainerError, match="no space left on device") as err:
+        case.engine(cfg, fail="ContinualCountdown_R1_plus:3")
+    assert "\n" not in str(err.value)
+    stage = case.record()["stages"][0]
+    assert stage["status"] == ("running" if hopeless else "failed")
+    assert not list(case.run.glob(".run.json.*"))
+    case.monkeypatch.setattr(cl_rundir.record, "write_atomic", real)
+    assert case.engine(cfg) == 0  # space freed: the rerun resumes
+    assert case.record()["stages"][0]["status"] == "done"

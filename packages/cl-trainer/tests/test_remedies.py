@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cl_trainer.config import resolve_config
+from cl_trainer.config import SETTING_TYPES, SETTINGS, resolve_config
 from cl_trainer.errors import UsageError
 from cl_trainer.local import tiny
 from cl_trainer.remedies import (
@@ -237,3 +239,27 @@ def test_a_joint_curriculum_refuses_a_remedy_on_data(data_dir: Path, tmp_path: P
     cfg = resolve_config("tiny", data_dir=data_dir, out=tmp_path, curriculum="joint",
                          between_stages=["redo"])  # fmt: skip
     assert cfg.curriculum == "joint"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["shrink-perturb:sigma=nan", "shrink-perturb:sigma=inf", "shrink-perturb:lambda=-inf",
+     "redo:tau=nan", "replay:fraction=nan", "replay:fraction=inf"],
+)  # fmt: skip
+def test_a_non_finite_parameter_is_refused(spec: str) -> None:
+    with pytest.raises(UsageError, match=r"must be a finite number$"):
+        parse(spec)
+
+
+FLOAT_SETTINGS = [
+    f.name for f in SETTINGS if float in (SETTING_TYPES[f.name], *get_args(SETTING_TYPES[f.name]))
+]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_numeric_setting_refuses_nan_and_infinity(name: str, value: float) -> None:
+    assert FLOAT_SETTINGS
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(UsageError, match=rf"^{flag} .*finite number$"):
+        resolve_config("tiny", **{name: value})

@@ -261,6 +261,37 @@ class Comparison:
         }
 
 
+def _curriculum(a: Analysis) -> str:
+    return f"{len(a.run.stages)} stages over {', '.join(a.run.groups) or 'no groups'}"
+
+
+def comparability(conditions: dict[str, list[Analysis]]) -> tuple[str | None, list[str]]:
+    """Whether the runs can be averaged and contrasted at all: (why not, in one line, or None;
+    warnings). Every run must have the same curriculum (groups and stages in order); runs that
+    validated on other test puzzles are compared, with a warning, as independent samples."""
+    runs = [a for analyses in conditions.values() for a in analyses]
+    if not runs:
+        return None, []
+    first = runs[0]
+    shape = (first.run.groups, [s.name for s in first.run.stages])
+    for a in runs[1:]:
+        if (a.run.groups, [s.name for s in a.run.stages]) != shape:
+            return (
+                f"{a.run.path} ran {_curriculum(a)} but {first.run.path} ran {_curriculum(first)}"
+                "; compare runs of one curriculum (the same --groups and --rounds)"
+            ), []
+    warnings = []
+    for a in runs[1:]:
+        theirs, ours = a.uncertainty.puzzles, first.uncertainty.puzzles
+        differ = [g for g in theirs if ours.get(g) and theirs[g] and theirs[g] != ours[g]]
+        if differ:
+            warnings.append(
+                f"{a.run.path} validated on other test puzzles than {first.run.path} "
+                f"({', '.join(differ)}): compared as independent samples, not paired"
+            )
+    return None, warnings
+
+
 def compare(conditions: dict[str, list[Analysis]]) -> Comparison:
     """Aggregate each condition; set every later condition against the first."""
     return contrast([aggregate(label, runs) for label, runs in conditions.items()])

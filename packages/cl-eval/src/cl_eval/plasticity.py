@@ -56,7 +56,7 @@ class Plasticity:
     layer_module: list[dict[LayerModule, dict[str, float]] | None] = field(default_factory=list)
     geometry: list[UpdateGeometry | None] = field(default_factory=list)
     """Entry k-1: stage k's update against stage k+1's."""
-    probes: list[probe_mod.CheckpointProbe] | None = None
+    probes: list[probe_mod.CheckpointProbe | None] | None = None
     notes: list[str] = field(default_factory=list)
 
     def mean_rank(self, row: int, modules: tuple[str, ...] = MLP_MODULES) -> float | None:
@@ -90,8 +90,10 @@ class Plasticity:
         if not self.probes:
             return None
         return np.array(
-            [[p.soft_accuracy.get(g, np.nan) for g in groups] for p in self.probes], dtype=float
-        )
+            [[p.soft_accuracy.get(g, np.nan) if p else np.nan for g in groups]
+             for p in self.probes],
+            dtype=float,
+        )  # fmt: skip
 
     def summary(self, cur: Curriculum, t_used: int) -> dict[str, float | None]:
         """A run's plasticity in the scalars of ``DEFINITIONS`` (what ``cl-eval compare`` sets
@@ -103,8 +105,8 @@ class Plasticity:
         last = self.probes[t_used]  # type: ignore[index]
         return {
             **{f"soft_{k}": metrics[k] for k in SOFT_METRICS},  # type: ignore[misc]
-            "dormant_final": last.dormant_overall.get(SUMMARY_TAU),
-            "srank_final": float(last.srank),
+            "dormant_final": last.dormant_overall.get(SUMMARY_TAU) if last else None,
+            "srank_final": float(last.srank) if last else None,
         }
 
     def as_dict(self) -> dict:
@@ -120,7 +122,9 @@ class Plasticity:
                 else {"cosine": g.cosine, "top1pct_overlap": g.overlap, "selected": g.selected}
                 for g in self.geometry
             ],
-            "probes": None if self.probes is None else [p.as_dict() for p in self.probes],
+            "probes": None
+            if self.probes is None
+            else [p.as_dict() if p else None for p in self.probes],
             "notes": self.notes,
         }
 
@@ -166,7 +170,7 @@ def _probes(
     checkpoints: list[Path | None],
     k: int | None,
     notes: list[str],
-) -> list[probe_mod.CheckpointProbe] | None:
+) -> list[probe_mod.CheckpointProbe | None] | None:
     if not probe_mod.available():
         notes.append("activation diagnostics need torch and transformers: cl-eval[probe]")
         return None
@@ -185,6 +189,7 @@ def _probes(
             data,
             run.groups,
             k or probe_mod.PROBE_PUZZLES,
+            notes,
             progress=advance,
         )
 
@@ -264,12 +269,14 @@ def kl_forgetting_points(
     if plast.probes is None:
         return points
     for k in range(1, min(len(plast.probes), R.shape[0])):
-        own = stage_cols[k - 1]
+        own, probe = stage_cols[k - 1], plast.probes[k]
+        if probe is None:  # a checkpoint that did not load
+            continue
         if pairing == "base":
-            kl = plast.probes[k].kl_base.get(groups[own])
+            kl = probe.kl_base.get(groups[own])
             others, anchor = set(range(len(groups))), 0
         else:
-            kl = plast.probes[k].kl_forward.get(groups[own])
+            kl = probe.kl_forward.get(groups[own])
             others, anchor = {stage_cols[i] for i in range(k - 1)}, k - 1
         if kl is None:
             continue

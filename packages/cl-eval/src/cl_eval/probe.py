@@ -255,6 +255,11 @@ def soft_accuracy_and_kl(
     return soft_and_kl(solution_states(model, tokenizer, pairs)[0], before)[:3]
 
 
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _same(a: Path | None, b: Path | None) -> bool:
     """The same model: one directory, or weight files that are the same files (cl-trainer
     hard-links a stage's initial model to the previous stage's final one)."""
@@ -301,43 +306,61 @@ def probe_checkpoints(
     data_dir: Path,
     groups: Sequence[str],
     k: int = PROBE_PUZZLES,
+    notes: list[str] | None = None,
     *,
     progress: Callable[[float], None] | None = None,
-) -> list[CheckpointProbe]:
+) -> list[CheckpointProbe | None]:
     """Every diagnostic for each checkpoint in order; the KL a checkpoint moved is measured
     against its stage's start (``starts[i]``; None for the base model), and against the base
     model, ``checkpoints[0]``. One model is in memory at a time: a checkpoint's ``SolutionStates``
     stand in for it when the next one's KL is measured, and the base's, kept throughout, when
     every later one's is (an output layer read again after the next model is loaded, so that
     loading a model, whose bf16 file is mapped while float32 weights fill, never has a second
-    output layer beside it). Torch's thread count and grad mode are as before on return."""
+    output layer beside it). Torch's thread count and grad mode are as before on return.
+    A checkpoint that does not load (a damaged header, no config.json) is None, with a note in
+    ``notes``, as the weight diff and the spectra skip theirs."""
     import torch
     from transformers import AutoTokenizer
 
     threads = torch.get_num_threads()
-    # The reference text: what the first (base) model was taught, if known.
-    tokenizer = AutoTokenizer.from_pretrained(checkpoints[0])
-    probe = build_probe_set(data_dir, groups, tokenizer, k, completion_style(checkpoints[0]))
-    results: list[CheckpointProbe] = []
+    notes = notes if notes is not None else []
+    results: list[CheckpointProbe | None] = []
+    probe: ProbeSet | None = None
     previous: tuple[Path, dict[str, SolutionStates]] | None = None
     base: tuple[Path, dict[str, SolutionStates]] | None = None
     try:
         with torch.inference_mode():
-            for path, start in zip(checkpoints, starts, strict=True):
+            for i, (path, start) in enumerate(zip(checkpoints, starts, strict=True)):
+                if probe is None:  # the reference text: what the base model was taught, if known
+                    try:
+                        tokenizer = AutoTokenizer.from_pretrained(path)
+                    except Exception as exc:  # what transformers raises varies by fault
+                        notes.append(f"activation diagnostics of {path} skipped ({_reason(exc)})")
+                        results.append(None)
+                        continue
+                    probe = build_probe_set(data_dir, groups, tokenizer, k, completion_style(path))
                 reference = None
                 if start is not None and previous is not None and _same(previous[0], start):
                     reference = previous
                 elif start is not None:
-                    start_model, start_tokenizer = load_model(start)
-                    reference = (
-                        Path(start),
-                        _states(start_model, start_tokenizer, probe, groups)[0],
-                    )
-                    del start_model
+                    try:
+                        start_model, start_tokenizer = load_model(start)
+                        reference = (
+                            Path(start),
+                            _states(start_model, start_tokenizer, probe, groups)[0],
+                        )
+                        del start_model
+                    except Exception as exc:  # the KL it moved is left out, not guessed
+                        notes.append(f"KL moved from {start} skipped ({_reason(exc)})")
                 previous = None
                 gc.collect()  # a model's reference cycles would keep its weights past `del`
                 _return_freed_memory()
-                model, tokenizer = load_model(path)
+                try:
+                    model, tokenizer = load_model(path)
+                except Exception as exc:  # as the weight diff and the spectra skip theirs
+                    notes.append(f"activation diagnostics of {path} skipped ({_reason(exc)})")
+                    results.append(None)
+                    continue
                 # A small model's matrices are too small to share among threads: spinning OpenMP
                 # threads made the tiny model's probe 3x slower on 2 busy cores.
                 small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
@@ -345,7 +368,8 @@ def probe_checkpoints(
                 res, states = _probe_one(model, tokenizer, probe, groups, reference, base)
                 results.append(res)
                 previous, reference = (Path(path), states), None
-                base = base or previous
+                if i == 0:  # the base model: every later KL from the base is measured from it
+                    base = previous
                 del model
                 if progress:
                     progress(1 / len(checkpoints))

@@ -461,12 +461,14 @@ def _kl_points(a: Analysis) -> dict[str, list[KLPoint]]:
 
 
 def _dormant_matrix(p: Plasticity, tau: float = SUMMARY_TAU) -> tuple[list[int], np.ndarray] | None:
-    if not p.probes:
+    probed = [pr for pr in p.probes or [] if pr]
+    if not probed:
         return None
-    layers = len(p.probes[0].dormant.get(tau, []))
+    layers = len(probed[0].dormant.get(tau, []))
     M = np.full((layers, len(p.rows)), np.nan)
-    for r, pr in enumerate(p.probes):
-        M[:, r] = pr.dormant.get(tau, [np.nan] * layers)
+    for r, pr in enumerate(p.probes or []):
+        if pr:
+            M[:, r] = pr.dormant.get(tau, [np.nan] * layers)
     return list(range(layers)), M
 
 

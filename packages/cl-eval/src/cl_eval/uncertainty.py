@@ -44,7 +44,7 @@ from cl_eval.stats import (
     replicate_matrices,
     rng,
 )
-from countdown_data.dataset import read_manifest
+from countdown_data.dataset import load_manifest
 
 if TYPE_CHECKING:
     from cl_eval.analysis import LoggedValidation, StageResult
@@ -97,8 +97,8 @@ class Records:
         if key not in self.cache:
             path = validation_files(directory).get(step)
             val = read_validation(path) if path is not None else None
-            if val is not None and val.skipped:
-                self.warnings.append(f"{path}: {val.skipped} unreadable line(s) skipped")
+            if val is not None and (warning := val.warning()):
+                self.warnings.append(warning)
             self.cache[key] = val
         return self.cache[key]
 
@@ -108,7 +108,7 @@ def puzzles_per_group(run: Run) -> dict[str, int]:
     if run.record is None or run.record.data_dir is None:
         return {}
     try:
-        data = read_manifest(run.record.data_dir)
+        data = load_manifest(run.record.data_dir)  # only its counts are needed
         counts = {g: int(data["counts"][g]["test"]) for g in run.groups}
     except (OSError, ValueError, KeyError, TypeError):
         return {}

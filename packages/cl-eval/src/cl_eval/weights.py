@@ -87,11 +87,16 @@ def read_header(file: Path) -> dict[str, TensorRef]:
         size = file.stat().st_size
     except (OSError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{file}: not a safetensors file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt header: {type(header).__name__}, not an object")
     base = 8 + n
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
+        problem = _meta_problem(meta)
+        if problem:
+            raise CheckpointError(f"{file}: corrupt header: tensor {name} {problem}")
         s, e = meta["data_offsets"]
         if base + e > size:
             raise CheckpointError(f"{file}: tensor {name} runs past the end (truncated file?)")
@@ -105,6 +110,30 @@ def read_header(file: Path) -> dict[str, TensorRef]:
     return out
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What makes one tensor's header entry unusable (None: it is a dtype, a shape and a byte
+    range), so a damaged header is a :class:`CheckpointError`, never a KeyError."""
+    if not isinstance(meta, dict):
+        return f"is {type(meta).__name__}, not an object"
+    if not isinstance(meta.get("dtype"), str):
+        return "has no dtype"
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return f"has shape {shape!r}, not a list of sizes"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        return f"has data_offsets {offsets!r}, not [start, end]"
+    return None
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """Open an HF model dir (single or sharded safetensors), a veRL actor dir, or one file."""
     path = Path(path)
@@ -116,7 +145,11 @@ def open_checkpoint(path: Path) -> Checkpoint:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
+                if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) for v in weight_map.values()
+                ):
+                    raise ValueError("weight_map is not an object of file names")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{index}: unreadable index ({exc})") from exc
             tensors: dict[str, TensorRef] = {}
             for shard in sorted(set(weight_map.values())):

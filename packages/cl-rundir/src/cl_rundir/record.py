@@ -113,6 +113,10 @@ class RunRecord:
     curriculum: str = CURRICULA[0]
     """One of :data:`CURRICULA`; a file written before the field existed was ``sequential``."""
     config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict, metadata={"omit_empty": True})
+    """The data files the run was started on, with their sha256 (the data set's manifest): a
+    resume on other data is refused. Left out of the file while empty, so a run.json from before
+    this key reads and writes back byte for byte."""
     cpu_overlay: dict[str, Any] | None = None
     """``{overrides, env}`` added to every stage of veRL's trainer on the CPU."""
     stages: list[StageRecord] = field(default_factory=list)
@@ -137,7 +141,11 @@ class RunRecord:
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        obj = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("omit_empty") and not obj[f.name]:
+                del obj[f.name]
+        return json.dumps(obj, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, obj: Any) -> RunRecord:

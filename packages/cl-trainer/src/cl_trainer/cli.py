@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from cl_rundir.oserrors import OneLineOSErrors
 from cl_trainer.checks import human_bytes, preflight
 from cl_trainer.config import (
     SETTING_TYPES,
@@ -47,8 +48,9 @@ from countdown_data.groups import check_group
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class DefaultRunGroup(click.Group):
-    """A group whose first word may be omitted: anything that is not a command means ``run``."""
+class DefaultRunGroup(OneLineOSErrors, click.Group):
+    """A group whose first word may be omitted: anything that is not a command means ``run``;
+    a failed read or write ends in one ``Error:`` line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:

@@ -10,6 +10,7 @@ user's options, then computes the few derived values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -270,6 +271,11 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
     if unknown:
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
     given = {k: v for k, v in given.items() if v is not None}
+    for f in SETTINGS:  # NaN and infinity pass every range check, and train nothing
+        value = given.get(f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+            raise UsageError(f"{flag} {value}: give a finite number")
     values = {f.name: preset_value(size, f.name) for f in SETTINGS} | given
     values["size"] = size
     if values["backend"] == "local" or values["device"] == "cpu":

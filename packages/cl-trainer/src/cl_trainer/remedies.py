@@ -163,6 +163,8 @@ def parse(spec: str) -> Remedy:
             params[key] = float(raw)
         except ValueError:
             raise UsageError(f"--between-stages {spec!r}: {key} must be a number") from None
+        if not math.isfinite(params[key]):  # nan passes no comparison, inf passes an open bound
+            raise UsageError(f"--between-stages {spec!r}: {key} must be a finite number")
     for key, p in decl.params.items():
         why = p.check(key, params[key])
         if why is not None:
