@@ -1,4 +1,5 @@
-"""Benchmark ``cl-eval diff`` on two random Qwen2.5-0.5B-shaped bf16 checkpoints.
+"""Benchmark ``cl-eval diff`` and the report's weight diagnostics on two random
+Qwen2.5-0.5B-shaped bf16 checkpoints.
 
 Compares wall time and peak RSS (of the measured process alone, via ``os.wait4``) of
   read     - reading both safetensors files once, 16 MiB at a time (the I/O floor),
@@ -6,11 +7,15 @@ Compares wall time and peak RSS (of the measured process alone, via ``os.wait4``
   spectra  - the report's weight-only plasticity diagnostics of one checkpoint (norms, stable and
              effective rank of every matrix: ``cl_eval.geometry.checkpoint_spectra``),
   geometry - the update geometry of two consecutive updates A→B, B→A (cosine, top-1 % overlap:
-             ``cl_eval.geometry.update_geometry``),
+             ``cl_eval.geometry.update_geometry``), two passes over the same two files,
   naive    - loading both models into torch (``safetensors.torch.load_file``) and diffing,
 each with the files in the page cache ("hot") and after dropping them from it with
-``posix_fadvise(DONTNEED)`` ("cold"). Goals: peak RSS of diff, spectra and geometry < 1.5 GB, and
-diff time <= 2x read time.
+``posix_fadvise(DONTNEED)`` ("cold"); and the BLAS floor of the spectra, timed inside a process
+on matrices already in memory: the float32 Gram matrix (``x.T @ x``, syrk) of every matrix of
+the same shapes, and apart the float64 eigenvalues of those Gram matrices. Goals: peak RSS of
+diff, spectra and geometry < 1.5 GB; diff <= 2x read; geometry <= 6x read; spectra <= 2x the
+Gram floor. ``--compare PYTHON`` runs another checkout's code (e.g. ``/tmp/base/.venv/bin/python``)
+on the same files, interleaved with each mode (hot, ``--compare-repeat`` times).
 
     uv run python bench/weight_diff.py            # full 0.5B shapes (~2 GB of temp files)
     uv run python bench/weight_diff.py --layers 4 # quicker, same tensor shapes
@@ -72,6 +77,29 @@ from pathlib import Path
 from cl_eval.geometry import update_geometry
 a, b = Path(sys.argv[1]), Path(sys.argv[2])
 print(update_geometry(a, b, b, a).cosine["all"])
+"""
+
+
+BLAS_FLOOR = """
+import sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+from weight_diff import shapes
+rng = np.random.default_rng(0)
+mats = [rng.standard_normal(s, dtype=np.float32) for s in shapes(int(sys.argv[1])).values()
+        if len(s) == 2]
+for limit in (None, 1):  # BLAS's own threads, and one
+    gram = eig = 0.0
+    with threadpool_limits(limit, user_api="blas"):
+        for x in mats:
+            t0 = time.perf_counter()
+            g = x.T @ x if x.shape[1] <= x.shape[0] else x @ x.T
+            gram += time.perf_counter() - t0
+            g = g.astype(np.float64)
+            t0 = time.perf_counter()
+            np.linalg.eigvalsh(g)
+            eig += time.perf_counter() - t0
+    print(gram, eig)
 """
 
 
@@ -151,6 +179,8 @@ def main() -> None:
         "--skip-naive", action="store_true", help="skip the load-both-in-torch baseline"
     )
     ap.add_argument("--dir", type=Path, default=None, help="where to write the checkpoints")
+    ap.add_argument("--compare", type=Path, help="python of another checkout to run as well")
+    ap.add_argument("--compare-repeat", type=int, default=1, help="its hot runs per mode")
     ap.add_argument("--build-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build_only:
@@ -174,20 +204,31 @@ def main() -> None:
         size = sum(f.stat().st_size for f in files)
         print(
             f"built 2 x {numel / 1e6:.1f}M-parameter bf16 checkpoints ({size / 2**30:.2f} GiB "
-            f"in all) in {time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs"
+            f"in all) in {time.perf_counter() - t0:.1f}s; {os.cpu_count()} CPUs, load average "
+            f"{os.getloadavg()[0]:.1f}"
         )
-        modes = {
-            "read": [sys.executable, "-c", READ, *map(str, files)],
-            "diff": [str(cl_eval), "diff", str(a), str(b), "--json"],
-            "spectra": [sys.executable, "-c", SPECTRA, str(a)],
-            "geometry": [sys.executable, "-c", GEOMETRY, str(a), str(b)],
-        }
+
+        def modes(python: str) -> dict[str, list[str]]:
+            bin_dir = Path(python).parent
+            return {
+                "read": [python, "-c", READ, *map(str, files)],
+                "diff": [str(bin_dir / "cl-eval"), "diff", str(a), str(b), "--json"],
+                "spectra": [python, "-c", SPECTRA, str(a)],
+                "geometry": [python, "-c", GEOMETRY, str(a), str(b)],
+            }
+
+        new = modes(sys.executable)
+        assert Path(new["diff"][0]) == cl_eval
         if not args.skip_naive:
-            modes["naive"] = [sys.executable, "-c", NAIVE, *map(str, files)]
-        measure(modes["read"])  # warm the page cache
-        rows = {}
-        for name, cmd in modes.items():
+            new["naive"] = [sys.executable, "-c", NAIVE, *map(str, files)]
+        old = modes(str(args.compare)) if args.compare else {}
+        measure(new["read"])  # warm the page cache
+        rows, old_rows = {}, {}
+        for name, cmd in new.items():
             hot = [measure(cmd) for _ in range(args.repeat)]
+            if name in old and name != "read":
+                old_hot = [measure(old[name]) for _ in range(args.compare_repeat)]
+                old_rows[name] = (min(h[0] for h in old_hot), max(h[1] for h in old_hot))
             drop_cache(files)
             cold = measure(cmd)
             rows[name] = (min(h[0] for h in hot), max(h[1] for h in hot), cold[0], cold[1])
@@ -197,14 +238,46 @@ def main() -> None:
                     f"diff: rel_l2={g['rel_l2']:.4e} unchanged bits={g['unchanged_bitwise']:.2%} "
                     f"|Δ|<=1e-5={g['unchanged_atol']:.2%} rel={g['unchanged_rel']:.2%}"
                 )
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+        out = subprocess.run(
+            [sys.executable, "-c", BLAS_FLOOR, str(args.layers)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout.split()
+        # the better of BLAS's own threads and one thread, for each part
+        gram, eig = min(float(out[0]), float(out[2])), min(float(out[1]), float(out[3]))
         print(
             f"\n{'mode':<8} {'hot wall s':>10} {'hot peak RSS MiB':>17} {'cold wall s':>12} "
             f"{'cold peak RSS MiB':>18}"
+            + (f" {'old hot wall s':>15} {'old/new':>8}" if old else "")
         )
         for name, (hw, hr, cw, cr) in rows.items():
-            print(f"{name:<8} {hw:>10.2f} {hr:>17.0f} {cw:>12.2f} {cr:>18.0f}")
-        d, r = rows["diff"], rows["read"]
-        print(f"\ndiff / read time: hot {d[0] / r[0]:.2f}x, cold {d[2] / r[2]:.2f}x (goal <= 2x)")
+            line = f"{name:<8} {hw:>10.2f} {hr:>17.0f} {cw:>12.2f} {cr:>18.0f}"
+            if name in old_rows:
+                line += f" {old_rows[name][0]:>15.2f} {old_rows[name][0] / hw:>7.1f}x"
+            print(line)
+        r = rows["read"]
+        print(
+            f"\nfloors: read {r[0]:.2f}s hot, {r[2]:.2f}s cold; float32 Gram matrices "
+            f"{gram:.2f}s, their float64 eigenvalues {eig:.2f}s (in memory; the faster of "
+            "BLAS's threads and one)"
+        )
+        for name, goal in (("diff", 2), ("geometry", 6)):
+            d = rows[name]
+            line = (
+                f"{name} / read: hot {d[0] / r[0]:.2f}x, cold {d[2] / r[2]:.2f}x (goal <= {goal}x)"
+            )
+            if name in old_rows:
+                line += f"; old {old_rows[name][0] / r[0]:.1f}x hot"
+            print(line)
+        sp = rows["spectra"]
+        line = (f"spectra / Gram floor: {sp[0] / gram:.2f}x hot (goal <= 2x); / (Gram + "
+                f"eigenvalues) {sp[0] / (gram + eig):.2f}x")  # fmt: skip
+        if "spectra" in old_rows:
+            line += f"; old {old_rows['spectra'][0] / gram:.1f}x the Gram floor"
+        print(line)
         for name in ("diff", "spectra", "geometry"):
             peak = max(rows[name][1], rows[name][3])
             print(f"{name} peak RSS: {peak:.0f} MiB (goal < 1536 MiB)")

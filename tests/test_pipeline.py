@@ -54,7 +54,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     _run(
         str(BIN / "cl-trainer"), "--size", "testbed", "--groups", ",".join(GROUPS),
-        "--data-dir", str(data), "--out", str(run), "--no-wandb",
+        "--rounds", "1", "--data-dir", str(data), "--out", str(run), "--no-wandb",
         "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
         "--between-stages", "redo:tau=0.1", "--val-max-samples", str(VAL_PUZZLES),
         "--", "data.train_max_samples=16", cwd=work,
@@ -142,7 +142,15 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
     probes = consolidated["plasticity"]["probes"]
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
-    assert probes[2]["kl_moved"]["plus_minus"] >= 0
+    assert probes[2]["kl_moved"]["plus_minus"] >= 0 and probes[2]["kl_forward"]["plus_minus"] >= 0
+    assert probes[1]["kl_base"] == probes[1]["kl_forward"]  # stage 1 started from the base
+    from_base = probes[2]["kl_base"]["plus_minus"]
+    from_start = probes[2]["kl_forward"]["plus_minus"]
+    assert from_base > 0 and from_base != pytest.approx(from_start)  # not ReDo's transformed start
+    kl = consolidated["plasticity"]["kl_forgetting"]
+    assert len(kl["base"]["points"]) == 2 and len(kl["stage_start"]["points"]) == 1
+    for pairing in kl.values():
+        assert pairing["correlation"]["n"] == len(pairing["points"])
 
 
 def test_soft_accuracy_scores_the_answer_text_the_model_was_taught(run_dir: Path) -> None:
@@ -169,7 +177,11 @@ def test_compare_summarises_plasticity_from_the_checkpoints(run_dir: Path, tmp_p
     out = tmp_path / "compare"
     _run(str(BIN / "cl-eval"), "compare", "--plasticity", "--out", str(out), str(run_dir),
          cwd=tmp_path)  # fmt: skip
-    metrics = json.loads((out / "compare.json").read_text())["conditions"]["runs"]["metrics"]
+    condition = json.loads((out / "compare.json").read_text())["conditions"]["runs"]
+    metrics = condition["metrics"]
+    correlations = condition["kl_forgetting_correlation"]  # pooled over the runs' stages
+    assert correlations["base"]["n"] >= 2 and correlations["stage_start"]["n"] >= 1
+    assert (out / "plots" / "kl_forgetting_1.png").is_file()
     assert 0 <= metrics["dormant_final"]["mean"] <= 1 and metrics["srank_final"]["mean"] >= 1
     assert metrics["soft_final_accuracy"]["mean"] < 0  # a mean log-likelihood
     assert "soft_plasticity_gain" in (out / "compare.md").read_text()

@@ -2,7 +2,10 @@
 cpu``, the very stage command ``plan`` prints plus ``cl_trainer.verl_cpu``'s overlay.
 
 The slow, real-veRL integration tests (minutes, not seconds), on freshly generated data and a tiny
-model with a few SFT steps, validation covering every group: two GRPO steps, and one PPO step with
+model with a few SFT steps, validation covering every group: two GRPO steps with two sampled
+answers per puzzle (``--val-samples``) and the KL reference from the base model's directory
+through ``cl_trainer.verl_reference`` (``--reference base``; in a first stage the base is also the
+actor's start, so the training is the same), on one Ray node and on two; and one PPO step with
 veRL's engine-based critic. What the stand-in (``packages/cl-trainer/tests/fake_verl.py``) cannot
 catch is caught here: Hydra, Ray, model loading, the rollout, weight sync, the critic,
 checkpointing, the rollout dumps, the log contract with cl-eval.
@@ -45,6 +48,8 @@ BIN = Path(sys.executable).parent
 GRPO_STEPS, PPO_STEPS = 2, 1
 TRAIN_BATCH, GRPO_N = 8, 8
 """The tiny preset's prompts per step and GRPO rollouts per prompt (PPO: one)."""
+VAL_SAMPLES = 2
+GRPO_OPTIONS = ("--reference", "base", "--val-samples", str(VAL_SAMPLES))
 TIMEOUT_S = 1200
 """Hard limit for a stage; each takes about 1-4 minutes on 2 cores."""
 LOG = Path("logs") / "ContinualCountdown_R1_plus.log"
@@ -104,7 +109,7 @@ def train(
 
 @pytest.fixture(scope="module")
 def run(inputs: tuple[Path, Path]) -> Path:
-    return train(inputs, "grpo", GRPO_STEPS)
+    return train(inputs, "grpo", GRPO_STEPS, *GRPO_OPTIONS)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +142,7 @@ def test_cl_eval_reads_the_log_of_every_group(run: Path) -> None:
     for step in (0, GRPO_STEPS):
         keys = log.records[step]
         for g in GROUPS:
-            assert 0.0 <= keys[f"val-core/{data_source(g)}/acc/mean@1"] <= 1.0, (step, g)
+            assert 0.0 <= keys[f"val-core/{data_source(g)}/acc/mean@{VAL_SAMPLES}"] <= 1.0
     a = analyse(run)
     assert a.R.shape == (2, 1) and a.stages_used == 1
 
@@ -165,6 +170,30 @@ def test_verl_ran_with_the_step_cap_and_the_rollout_context(run: Path) -> None:
     conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
     assert conf.trainer.total_training_steps == GRPO_STEPS
     assert conf.actor_rollout_ref.rollout.max_model_len == 96 + 48  # the tiny preset's lengths
+
+
+def test_verl_built_its_reference_through_the_plugin(run: Path) -> None:
+    log = (run / "logs" / "ContinualCountdown_R1_plus.log").read_text()
+    assert f"cl-trainer: reference policy from {run / 'base_model'}" in log
+    conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
+    assert conf.actor_rollout_ref.actor.use_kl_loss  # the reference is used
+
+
+def test_validation_writes_every_sampled_answer(run: Path) -> None:
+    """veRL's own dump: ``--val-samples`` answers per puzzle, keyed ``<puzzle>_<sample>_0`` (the
+    local backend writes the same)."""
+    for step in (0, GRPO_STEPS):
+        lines = (run / "validation" / "R1_plus" / f"{step}.jsonl").read_text().splitlines()
+        assert len(lines) == 2 * len(GROUPS) * VAL_SAMPLES  # 2 test puzzles per group
+        samples: dict[str, list[tuple[int, str]]] = {}
+        for record in map(json.loads, lines):
+            prompt, sample, output = record["uid"].rsplit("_", 2)
+            assert output == "0"
+            samples.setdefault(prompt, []).append((int(sample), str(record["gts"])))
+        assert len(samples) == 2 * len(GROUPS)
+        for answers in samples.values():
+            assert sorted(s for s, _ in answers) == list(range(VAL_SAMPLES))
+            assert len({gts for _, gts in answers}) == 1
 
 
 @pytest.mark.parametrize(("name", "steps", "per_step"), [("grpo", 2, 64), ("ppo", 1, 8)])
@@ -237,8 +266,8 @@ def two_nodes(
         # Every actor line in the stage log with its own prefix, not folded into another node's.
         env = {**cluster.env, "RAY_DEDUP_LOGS": "0"}
         run = train(
-            inputs, "two_nodes", GRPO_STEPS, "--ray-address", cluster.address, "--nnodes", "2",
-            "--keep-checkpoints", "1", env=env,
+            inputs, "two_nodes", GRPO_STEPS, *GRPO_OPTIONS, "--ray-address", cluster.address,
+            "--nnodes", "2", "--keep-checkpoints", "1", env=env,
         )  # fmt: skip
     return run, nodes
 
@@ -268,9 +297,9 @@ def layout(run: Path) -> set[str]:
 def test_two_nodes_leave_the_run_directory_of_one(
     two_nodes: tuple[Path, dict[str, str]], run: Path
 ) -> None:
-    """The same files (and a FSDP shard per rank), run.json fields, log keys and sample counts, and
-    the same greedy answers before training; the training numbers differ, as two data-parallel
-    ranks split each batch, and two rollout replicas sample it with other random streams."""
+    """The same files (and a FSDP shard per rank), run.json fields, log keys, sample counts and
+    validation prompts; the numbers differ, as two data-parallel ranks split each batch, and two
+    rollout replicas sample with other random streams."""
     two, _ = two_nodes
     assert layout(two) == layout(run)
     one_m, two_m = (json.loads((r / "run.json").read_text()) for r in (run, two))
@@ -287,8 +316,8 @@ def test_two_nodes_leave_the_run_directory_of_one(
         assert pq.read_metadata(run / name).num_rows == pq.read_metadata(two / name).num_rows
     one_final, two_final = (r / "metrics" / "final_1_plus" for r in (run, two))
     assert weight_names(one_final) == weight_names(two_final)
-    answers = [
-        sorted((r["input"], r["output"]) for r in map(json.loads, path.read_text().splitlines()))
+    asked = [
+        sorted(r["input"] for r in map(json.loads, path.read_text().splitlines()))
         for path in (r / "validation" / "R1_plus" / "0.jsonl" for r in (run, two))
     ]
-    assert answers[0] == answers[1]
+    assert asked[0] == asked[1] and len(asked[0]) == 2 * len(GROUPS) * VAL_SAMPLES

@@ -188,6 +188,29 @@ def make_run(
     return root
 
 
+def write_records(path: Path, correct: dict[str, np.ndarray]) -> None:
+    """A validation dump (``<step>.jsonl``) as veRL writes it: per group, puzzle ``i``'s answers
+    are right where ``correct[g][i]`` is (one bool, or one per sample: ``correct[g]`` is P × n)."""
+    from countdown_data.templates import render_prompt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for g, xs in correct.items():
+            for i, oks in enumerate(np.asarray(xs)):
+                nums, target = [i % 97 + 1, i // 97 + 1, 3], 100 + i
+                text = render_prompt("compact", nums, target, g)[0]["content"]
+                for ok in np.atleast_1d(oks):
+                    record = {
+                        "input": text,
+                        "output": "<answer>...</answer>",
+                        "gts": {"target": target, "numbers": nums},
+                        "score": 1.0 if ok else 0.1,
+                        "step": int(path.stem),
+                        "acc": float(ok),
+                    }
+                    f.write(json.dumps(record) + "\n")
+
+
 @pytest.fixture(scope="session")
 def synth():
     """The builders above (tests cannot import conftest under --import-mode=importlib)."""
@@ -199,4 +222,5 @@ def synth():
         save_ckpt=save_ckpt,
         stage_log=stage_log,
         make_run=make_run,
+        write_records=write_records,
     )

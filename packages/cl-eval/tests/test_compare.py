@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cl_eval.cli import main
@@ -81,3 +82,94 @@ def test_accuracy_cells_over_seeds_stay_inside_0_1() -> None:
     assert str(cell_key) == "R[R1_plus_minus][plus]" and str(MetricKey("bwt_per_stage", 2)) == (
         "bwt_per_stage[2]"
     )
+
+
+def test_arms_that_share_seeds_are_differenced_seed_by_seed() -> None:
+    """Per-seed differences 0.05, 0.06, 0.07 (seed effects far larger): the paired t-interval,
+    0.06 ± t(2) · 0.01/√3, where Welch would see the seed spread."""
+    key = MetricKey("final_accuracy")
+    ref = aggregate("none", [], [{key: v} for v in (0.1, 0.3, 0.5)], seeds=[0, 1, 2])
+    remedy = aggregate("remedy", [], [{key: v} for v in (0.57, 0.36, 0.15)], seeds=[2, 1, 0])
+    est = contrast([ref, remedy]).differences["remedy − none"][key]
+    half = 4.303 * 0.01 / np.sqrt(3)
+    assert est.method == "paired by seed" and est.n == 3
+    assert (est.value, est.lo, est.hi) == pytest.approx((0.06, 0.06 - half, 0.06 + half))
+    unpaired = aggregate("remedy", [], remedy.values, seeds=[7, 8, 9])
+    welch = contrast([ref, unpaired]).differences["remedy − none"][key]
+    assert welch.method == "Welch over runs" and welch.lo < 0 < welch.hi
+
+
+def _seeded(run, seed: int, curriculum: str = "sequential") -> None:
+    record = json.loads((run / "run.json").read_text())
+    record["config"]["seed"] = seed
+    record["curriculum"] = curriculum
+    (run / "run.json").write_text(json.dumps(record))
+
+
+def test_identical_arms_differ_by_a_zero_width_interval(tmp_path, verl_line, synth) -> None:
+    """The same seeds run twice with the same result (a remedy that changed nothing): every
+    difference is exactly 0 with a zero-width interval, not Welch's spread over seeds."""
+    rng = np.random.default_rng(4)
+    for seed in range(3):
+        R = np.clip(np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]]) + rng.normal(0, 0.05), 0, 1)
+        for arm in ("none", "redo"):
+            run = synth.make_run(tmp_path / f"{arm}-s{seed}", verl_line, R,
+                                 [(1, "plus"), (1, "plus_minus")], GROUPS, checkpoints=False)
+            _seeded(run, seed)  # fmt: skip
+    res = CliRunner().invoke(
+        main, ["compare", "--label", f"none={tmp_path}/none-s*", "--label",
+               f"redo={tmp_path}/redo-s*", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["conditions"]["redo"]["seeds"] == [0, 1, 2]
+    diffs = data["differences"]["redo − none"]
+    for key in ("final_accuracy", "bwt", "R[final][plus]"):
+        assert diffs[key]["method"] == "paired by seed", key
+        assert diffs[key]["mean"] == diffs[key]["lo"] == diffs[key]["hi"] == 0, key
+
+
+def test_a_joint_run_stands_beside_the_curriculum_as_its_upper_bound(
+    tmp_path, verl_line, synth
+) -> None:
+    stages = [(1, "plus"), (1, "plus_minus")]
+    for seed in range(2):
+        seq = np.array([[0.2, 0.1], [0.6, 0.1], [0.4, 0.5]]) + 0.01 * seed
+        joint = np.array([[0.2, 0.1], [0.5, 0.4], [0.7, 0.6]]) + 0.02 * seed
+        _seeded(synth.make_run(tmp_path / f"seq-s{seed}", verl_line, seq, stages, GROUPS,
+                               checkpoints=False), seed)
+        _seeded(synth.make_run(tmp_path / f"joint-s{seed}", verl_line, joint, stages, GROUPS,
+                               checkpoints=False), seed, "joint")  # fmt: skip
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(
+        main, ["compare", "--label", f"sequential={tmp_path}/seq-s*", "--label",
+               f"joint={tmp_path}/joint-s*", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compare.json").read_text())
+    assert data["conditions"]["joint"]["curriculum"] == "joint"
+    diffs = data["differences"]["joint − sequential"]
+    assert set(diffs) == {"final_accuracy", "R[final][plus]", "R[final][plus_minus]"}
+    assert diffs["R[final][plus]"]["mean"] == pytest.approx(0.3 + 0.01 / 2)
+    md = (out / "compare.md").read_text()
+    assert "joint (upper bound)" in md
+
+
+def test_runs_of_different_curricula_are_not_averaged_or_contrasted(
+    tmp_path, verl_line, synth
+) -> None:
+    """4 groups against 1 (here 2 stages against 1) is no comparison: refused in one line that
+    names both runs, instead of one averaged condition and "excludes 0: yes"."""
+    R2 = np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]])
+    synth.make_run(tmp_path / "two", verl_line, R2, [(1, "plus"), (1, "plus_minus")], GROUPS,
+                   checkpoints=False)  # fmt: skip
+    synth.make_run(tmp_path / "one", verl_line, R2[:2, :1], [(1, "plus")], ["plus"],
+                   checkpoints=False)  # fmt: skip
+    for argv in (
+        [str(tmp_path / "two"), str(tmp_path / "one")],
+        ["--label", f"a={tmp_path}/two", "--label", f"b={tmp_path}/one"],
+    ):
+        res = CliRunner().invoke(main, ["compare", *argv, "--out", str(tmp_path / "cmp")])
+        assert res.exit_code == 2, res.output
+        assert "one curriculum" in res.output and str(tmp_path / "one") in res.output
+        assert not (tmp_path / "cmp").exists()

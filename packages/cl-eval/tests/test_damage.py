@@ -132,3 +132,45 @@ def test_a_header_whose_shape_disagrees_with_its_bytes_is_corrupt(
     assert "corrupt header" in (run / "report.md").read_text()
     out = CliRunner().invoke(main, ["report", "--run", str(run)])
     assert out.exit_code == 0 and "corrupt header" in out.output
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"w": {"dtype": "F32", "shape": [2]}},  # no data_offsets: was a KeyError
+        {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}},
+        {"w": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}},
+        {"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}},
+        {"w": 5},
+        [1, 2],  # was an AttributeError
+        "a string",
+    ],
+)
+def test_a_header_of_the_wrong_shape_is_corrupt(tmp_path, header) -> None:
+    blob = json.dumps(header).encode()
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        (tmp_path / side / "model.safetensors").write_bytes(
+            struct.pack("<Q", len(blob)) + blob + bytes(8)
+        )
+    with pytest.raises(CheckpointError, match="corrupt header"):
+        diff_checkpoints(tmp_path / "a", tmp_path / "b")
+    res = CliRunner().invoke(main, ["diff", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert res.exit_code == 1 and "corrupt header" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_the_probe_skips_a_checkpoint_that_does_not_load(tmp_path) -> None:
+    """A damaged model (here: no config.json) is skipped with a note, as the weight diff does."""
+    pytest.importorskip("transformers")
+    from cl_eval.probe import probe_checkpoints
+
+    damaged = tmp_path / "final_1_plus"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes(b"\0" * 16)
+    notes: list[str] = []
+    assert probe_checkpoints([damaged], [None], tmp_path, GROUPS, 4, notes) == [None]
+    assert len(notes) == 1 and str(damaged) in notes[0] and "skipped" in notes[0]
+    import torch
+
+    assert torch.is_grad_enabled()  # the caller's setting is back: later training still learns

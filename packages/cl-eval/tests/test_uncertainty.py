@@ -15,7 +15,6 @@ from cl_eval.analysis import analyse
 from cl_eval.cli import main
 from cl_eval.report import build_report
 from cl_eval.stats import Z95, MetricKey, wilson
-from countdown_data.templates import render_prompt
 
 GROUPS = ["plus", "plus_minus"]
 P = 400  # test puzzles per group
@@ -34,24 +33,6 @@ def outcomes(rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
     return {"plus": [plus0, plus1, plus2], "plus_minus": [pm0, pm0.copy(), pm2]}
 
 
-def write_records(path, correct: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for g, xs in correct.items():
-            for i, ok in enumerate(xs):
-                nums, target = [i % 97 + 1, i // 97 + 1, 3], 100 + i
-                text = render_prompt("compact", nums, target, g)[0]["content"]
-                record = {
-                    "input": text,
-                    "output": "<answer>...</answer>",
-                    "gts": {"target": target, "numbers": nums},
-                    "score": 1.0 if ok else 0.1,
-                    "step": int(path.stem),
-                    "acc": float(ok),
-                }
-                f.write(json.dumps(record) + "\n")
-
-
 @pytest.fixture
 def recorded_run(tmp_path, verl_line, synth):
     x = outcomes(np.random.default_rng(7))
@@ -61,7 +42,8 @@ def recorded_run(tmp_path, verl_line, synth):
     )
     rows = {("R1_plus", 0): 0, ("R1_plus", 6): 1, ("R1_plus_minus", 0): 1, ("R1_plus_minus", 6): 2}
     for (stage, step), row in rows.items():
-        write_records(run / "validation" / stage / f"{step}.jsonl", {g: x[g][row] for g in GROUPS})
+        path = run / "validation" / stage / f"{step}.jsonl"
+        synth.write_records(path, {g: x[g][row] for g in GROUPS})
     return run, x
 
 
@@ -103,12 +85,12 @@ def test_the_noise_floor_of_identical_revalidations_is_zero(recorded_run) -> Non
     assert all(e["diff"] == 0 and e["lo"] == e["hi"] == 0 and not e["flag"] for e in floor)
 
 
-def test_a_revalidation_beyond_sampling_is_flagged(recorded_run) -> None:
+def test_a_revalidation_beyond_sampling_is_flagged(recorded_run, synth) -> None:
     run, x = recorded_run
     # Stage 2 starts from other weights than stage 1 ended with: its first validation differs.
     shifted = {g: x[g][1].copy() for g in GROUPS}
     shifted["plus"][: P // 4] = False
-    write_records(run / "validation" / "R1_plus_minus" / "0.jsonl", shifted)
+    synth.write_records(run / "validation" / "R1_plus_minus" / "0.jsonl", shifted)
     a = analyse(run)
     flagged = [e for e in a.uncertainty.noise_floor if e["flag"]]
     assert [e["group"] for e in flagged] == ["plus"]
@@ -160,7 +142,9 @@ def test_logs_alone_give_wilson_intervals(tmp_path, verl_line, synth) -> None:
     assert a.uncertainty.source.startswith("logged means")
 
 
-def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(recorded_run, tmp_path) -> None:
+def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(
+    recorded_run, tmp_path, synth
+) -> None:
     import shutil
 
     from cl_eval.compare import compare
@@ -170,7 +154,7 @@ def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(recorded_run
     shutil.copytree(run, other)
     better = {g: x[g][2].copy() for g in GROUPS}
     better["plus_minus"][: P // 5] = True
-    write_records(other / "validation" / "R1_plus_minus" / "6.jsonl", better)
+    synth.write_records(other / "validation" / "R1_plus_minus" / "6.jsonl", better)
     log = other / "logs" / "ContinualCountdown_R1_plus_minus.log"
     before, after = float(x["plus_minus"][2].mean()), float(better["plus_minus"].mean())
     old = f"val-core/countdown_plus_minus/acc/mean@1:np.float64({before!r})"
@@ -181,3 +165,39 @@ def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(recorded_run
     assert est.method == "bootstrap, paired by puzzle"
     true = (after - before) / 2
     assert est.value == pytest.approx(true) and est.lo <= true <= est.hi and est.lo > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '"acc": 7.5',  # out of range: was averaged in, giving accuracies of 3.75
+        '"acc": NaN',
+        '"acc": "1"',
+        '"gts": {"target": 1e999, "numbers": [1, 2]}',  # was an OverflowError
+        '"gts": {"target": 5, "numbers": [Infinity]}',
+        '"gts": {"target": 5.5, "numbers": [1]}',
+        '"gts": {"target": 5, "numbers": [true]}',
+        '"score": Infinity',
+    ],
+)
+def test_a_record_with_a_value_out_of_range_is_skipped_naming_file_and_line(
+    recorded_run, bad: str
+) -> None:
+    """Every field read from a record is checked; a bad one costs that line, never a number."""
+    run, _ = recorded_run
+    clean = analyse(run)
+    path = run / "validation" / "R1_plus" / "6.jsonl"
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[0])
+    key, raw = bad.split(": ", 1)
+    if key == '"score"':
+        record.pop("acc")  # the score is read only without an acc
+    record[json.loads(key)] = "BAD"
+    text = json.dumps(record).replace('"BAD"', raw)
+    path.write_text("\n".join([*lines, text]) + "\n")
+    a = analyse(run)
+    named = [w for w in a.warnings if str(path) in w and f"line {len(lines) + 1}:" in w]
+    assert named, a.warnings
+    np.testing.assert_array_equal(a.uncertainty.lo, clean.uncertainty.lo)
+    np.testing.assert_array_equal(a.uncertainty.hi, clean.uncertainty.hi)
+    assert a.uncertainty.n == clean.uncertainty.n

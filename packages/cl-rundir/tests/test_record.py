@@ -58,7 +58,9 @@ WRITTEN_BEFORE = {
 """run.json as the trainer wrote it before run.json had a typed record (schema 1)."""
 
 
-def test_a_run_json_written_before_reads_and_writes_back_byte_for_byte(tmp_path: Path) -> None:
+def test_a_run_json_written_before_reads_and_writes_back_with_only_new_fields_added(
+    tmp_path: Path,
+) -> None:
     text = json.dumps(WRITTEN_BEFORE, indent=2) + "\n"
     (tmp_path / RUN_JSON).write_text(text)
     record = read_record(tmp_path)
@@ -70,7 +72,10 @@ def test_a_run_json_written_before_reads_and_writes_back_byte_for_byte(tmp_path:
         RemedyRecord("redo", {"tau": 0.1}, {"reset_units_per_layer": [0, 2, 0], "fraction": 0.004})
     ]
     assert record.data_dir == Path("/data/small") and record.val_max_samples is None
-    assert record.to_json() == text  # same keys, same order, same values
+    assert record.curriculum == "sequential"  # before the joint baseline, every run was
+    written = json.loads(record.to_json())
+    assert written.pop("curriculum") == "sequential"
+    assert list(written.items()) == list(WRITTEN_BEFORE.items())  # same keys, order and values
 
 
 def test_a_planned_stage_has_its_layout_paths_and_the_writer_stamps_the_time(
@@ -115,6 +120,8 @@ def test_hand_written_files_fill_in_and_unknown_keys_are_ignored(tmp_path: Path)
         (lambda m: m["stages"][1]["remedies"][0].update(params=[]), r"\]\.params is a list, not"),
         (lambda m: m.update(stages={}), "no stages list"),
         (lambda m: m.update(schema_version=2), "schema_version 2 is newer"),
+        (lambda m: m.update(curriculum="mixed"), "curriculum is 'mixed', not one of sequential"),
+        (lambda m: m.update(curriculum=None), "curriculum is null, not a string"),
     ],
 )
 def test_a_mistyped_file_is_one_line_naming_the_key(tmp_path: Path, damage, says: str) -> None:
@@ -135,3 +142,10 @@ def test_a_file_that_is_not_json_is_a_record_error(tmp_path: Path) -> None:
 def test_the_evaluator_reads_the_validation_cap_when_the_trainer_set_one() -> None:
     assert RunRecord(config={"val_max_samples": 16}).val_max_samples == 16
     assert RunRecord(config={"val_max_samples": -1}).val_max_samples is None
+
+
+def test_a_joint_baseline_is_recorded_as_such_and_reads_back(tmp_path: Path) -> None:
+    write_record(tmp_path, RunRecord(groups=["plus"], curriculum="joint"))
+    record = read_record(tmp_path)
+    assert record is not None and record.curriculum == "joint"
+    assert json.loads((tmp_path / RUN_JSON).read_text())["curriculum"] == "joint"

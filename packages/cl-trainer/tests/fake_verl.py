@@ -158,6 +158,8 @@ def main() -> int:
                 "cwd": os.getcwd(),
                 "wandb_mode": os.environ.get("WANDB_MODE"),
                 "ray_job_config": os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"),
+                "reference_model": os.environ.get("CL_TRAINER_REFERENCE_MODEL"),
+                "verl_modules": os.environ.get("VERL_USE_EXTERNAL_MODULES"),
             }
             f.write(json.dumps(record) + "\n")
     ckpt = Path(str(cfg["trainer.default_local_dir"]))

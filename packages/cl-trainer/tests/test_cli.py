@@ -108,6 +108,20 @@ def test_plan_tiny_shows_the_model_it_will_build_without_building_it(tmp_path: P
     assert not (tmp_path / "base_model").exists()
 
 
+def test_the_testbed_runs_the_original_three_rounds(data_dir: Path, tmp_path: Path) -> None:
+    res = invoke("plan", "--size", "testbed", "--data-dir", str(data_dir), "--out", str(tmp_path),
+                 "--json")  # fmt: skip
+    names = [s["name"] for s in json.loads(res.output)["stages"]]
+    assert len(names) == 12 and names[4] == "R2_plus" and names[-1] == "R3_plus_minus_mul_div"
+
+
+def test_plan_names_a_joint_curriculum(data_dir: Path, tmp_path: Path) -> None:
+    res = invoke("plan", "--size", "testbed", "--data-dir", str(data_dir), "--out", str(tmp_path),
+                 "--curriculum", "joint", "--rounds", "1")  # fmt: skip
+    assert "joint curriculum: every stage trains on an equal mixture of all groups" in res.output
+    assert f"data.train_files={tmp_path}/joint/R1_plus_minus/train.parquet" in res.output
+
+
 def test_bare_command_runs_with_the_default_run_command(
     data_dir: Path, hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -435,6 +435,43 @@ def test_a_newly_declared_remedy_on_data_needs_no_engine_change(case: EngineCase
     assert case.record()["config"]["between_stages"] == ["replay-all:share=0.75"]
 
 
+def test_a_joint_curriculum_mixes_every_group_into_every_stage(case: EngineCase) -> None:
+    """The joint baseline: the sequential stages, names and steps, each stage on an equal mixture
+    of both groups; over a round every group's puzzles are each trained on once, as sequentially."""
+    import pyarrow.parquet as pq
+
+    sequential = case.cfg(algo="grpo")
+    joint = case.cfg(algo="grpo", curriculum="joint", out=case.run.parent / "joint")
+    for cfg in (sequential, joint):
+        assert case.engine(cfg) == 0
+    calls = case.calls_made()
+    seq, mixed = calls[:4], calls[4:]
+    rec = json.loads((case.run.parent / "joint" / "run.json").read_text())
+    assert rec["curriculum"] == "joint" and case.record()["curriculum"] == "sequential"
+    assert [s["name"] for s in rec["stages"]] == [s["name"] for s in case.record()["stages"]]
+    seen: dict[int, list[tuple]] = {1: [], 2: []}
+    for stage, call in zip(rec["stages"], mixed, strict=True):
+        path = next(a.split("=", 1)[1] for a in call["argv"] if a.startswith("data.train_files="))
+        assert path == str(case.run.parent / "joint" / "joint" / stage["name"] / "train.parquet")
+        rows = pq.read_table(path).to_pylist()
+        groups = [r["extra_info"]["group"] for r in rows]
+        assert len(rows) == 40 and groups.count("plus") == groups.count("plus_minus") == 20
+        seen[stage["round"]] += [(r["target"], tuple(r["nums"])) for r in rows]
+        assert stage["status"] == "done" and stage["global_steps"] == 5  # as sequentially
+    for puzzles in seen.values():  # a round: each training puzzle of each group once
+        assert len(set(puzzles)) == len(puzzles) == 80
+    assert [c["experiment"] for c in seq] == [c["experiment"] for c in mixed]
+
+
+def test_reference_base_reaches_every_stage_process(case: EngineCase) -> None:
+    assert case.engine(case.cfg(algo="grpo", reference="base")) == 0
+    calls = case.calls_made()
+    assert len(calls) == 4 and calls[2]["model"] != str(case.model)
+    assert {c["reference_model"] for c in calls} == {str(case.model)}
+    assert {c["verl_modules"] for c in calls} == {None}  # the local backend reads it itself
+    assert case.record()["config"]["reference"] == "base"
+
+
 def test_a_run_json_from_an_older_or_hand_edited_file_resumes(case: EngineCase) -> None:
     """Keys the reader does not know are ignored; keys it knows with the wrong type stop the
     trainer with the fix, before anything runs."""
@@ -458,7 +495,7 @@ def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
 ) -> None:
     """run.json from a trainer without ``val_max_samples`` and ``max_steps``: resuming it with
     their defaults is the same training; asking for another value is a change like any other."""
-    added = ("val_max_samples", "max_steps")
+    added = ("val_max_samples", "max_steps", "val_samples")
     cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
     assert case.engine(cfg) == 0
     m = case.record()
@@ -471,7 +508,7 @@ def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
     for key in added:
         del m["config"][key]
     (case.run / "run.json").write_text(json.dumps(m))
-    for key, value in zip(added, (4, 3), strict=True):
+    for key, value in zip(added, (4, 3, 2), strict=True):
         changed = case.cfg(algo="grpo", rounds=1, groups=["plus"], **{key: value})
         with pytest.raises(TrainerError, match=rf"{key}: None -> {value}"):
             case.engine(changed)
@@ -533,3 +570,135 @@ def test_the_wandb_key_travels_in_no_ray_job_config(case: EngineCase) -> None:
     (call,) = case.calls_made()
     assert call["wandb_mode"] == "online"
     assert "key-123-secret" not in json.dumps([call["argv"], call["ray_job_config"]])
+
+
+def test_a_resume_on_other_data_is_refused_naming_what_changed(
+    case: EngineCase, tmp_path: Path
+) -> None:
+    """The run records the checksums of the data it started on; regenerating the data set
+    with another seed under it is refused, not trained and validated on silently."""
+    import shutil
+
+    from countdown_data import GenConfig, write_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(case.data_dir, data)
+    cfg = case.cfg(algo="grpo", rounds=1, data_dir=data)
+    assert case.engine(cfg, fail="ContinualCountdown_R1_plus:3") == 1
+    started = case.record()["data"]
+    assert sorted(started) == [f"{g}/{s}.parquet" for g in GROUPS2 for s in ("test", "train")]
+    write_dataset(GenConfig(train_size=40, test_size=8, seed=1), data)
+    with pytest.raises(TrainerError, match=r"plus/test.parquet changed.*new --out") as err:
+        case.engine(cfg)
+    assert "\n" not in str(err.value)
+    assert len(case.calls_made()) == 1 and case.record()["data"] == started
+    assert case.engine(cfg, force=True) == 0  # continuing on it anyway is the user's call
+    assert case.record()["data"] != started
+
+
+def test_a_second_interrupt_hastens_the_stop_and_never_abandons_it() -> None:
+    """Ray and vLLM take a while to exit on SIGINT: a second Ctrl-C while the engine waits goes
+    straight to SIGKILL, and the engine returns only once the stage is gone."""
+    import signal
+    import subprocess
+    import time
+
+    from cl_trainer.engine import STOP_GRACE_S, stop_group
+
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time\n"
+         "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    assert stubborn.stdout is not None and stubborn.stdout.readline()  # its handler is set
+
+    def second_ctrl_c(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    t0 = time.monotonic()
+    try:
+        stop_group(stubborn, signal.SIGINT)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        stubborn.kill()
+    assert stubborn.poll() == -signal.SIGKILL
+    assert time.monotonic() - t0 < STOP_GRACE_S[signal.SIGINT] / 2
+
+
+def test_a_refusal_names_the_stage_that_outlived_its_engine(tmp_path: Path) -> None:
+    """kill -9 of the engine leaves its stage holding the lock: the refusal names that process,
+    not the dead engine."""
+    with RunLock(tmp_path) as held:
+        held.stage_started("R1_plus", os.getpid())
+        held.info["pid"] = 2**22 + 12345  # the engine, gone (beyond any pid_max in use)
+        held._write_info()
+        with pytest.raises(TrainerError) as err:
+            RunLock(tmp_path).__enter__()
+    message = str(err.value)
+    assert f"stage R1_plus (pid {os.getpid()}" in message
+    assert f"kill -- -{os.getpid()}" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("hopeless", [False, True])
+def test_a_full_disk_records_the_stage_failed_or_keeps_run_json_whole(
+    case: EngineCase, hopeless: bool
+) -> None:
+    """The disk fills during a stage: run.json's last write gets the reserve's room (the stage
+    recorded failed with its reason), or, with no room at all, run.json keeps its last state;
+    either way one line names the cause and run.json stays readable."""
+    import errno
+
+    import cl_rundir.record
+
+    real = cl_rundir.record.write_atomic
+    reserve = case.run / ".cl-trainer.reserve"
+
+    def full_disk(target: Path, data: str | bytes) -> None:
+        if '"status": "failed"' in str(data) and (hopeless or reserve.exists()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(target, data)
+
+    case.monkeypatch.setattr(cl_rundir.record, "write_atomic", full_disk)
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    with pytest.raises(TrainerError, match="no space left on device") as err:
+        case.engine(cfg, fail="ContinualCountdown_R1_plus:3")
+    assert "\n" not in str(err.value)
+    stage = case.record()["stages"][0]
+    assert stage["status"] == ("running" if hopeless else "failed")
+    assert not list(case.run.glob(".run.json.*"))
+    case.monkeypatch.setattr(cl_rundir.record, "write_atomic", real)
+    assert case.engine(cfg) == 0  # space freed: the rerun resumes
+    assert case.record()["stages"][0]["status"] == "done"
+
+
+def test_a_compaction_that_fails_fails_the_stage_and_a_rerun_finishes_it(case: EngineCase) -> None:
+    """The disk fills while the training samples are compacted: the stage is recorded failed with
+    the reason in one line, its raw dumps stay, and the rerun compacts them and finishes."""
+    import errno
+
+    from cl_trainer import rollouts
+
+    real = rollouts.compact
+
+    def full_disk(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    case.monkeypatch.setattr(rollouts, "compact", full_disk)
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    with pytest.raises(TrainerError) as err:
+        case.engine(cfg)
+    text = str(err.value)
+    assert "no space left on device (compacting the training samples into rollouts/R1_plus" in text
+    assert "\n" not in text
+    stage = case.record()["stages"][0]
+    assert stage["status"] == "failed" and "compacting" in stage["error_tail"]
+    assert len(list((case.run / "rollouts" / "R1_plus").glob("*.jsonl"))) == 5
+    case.monkeypatch.setattr(rollouts, "compact", real)
+    assert case.engine(cfg) == 0
+    assert case.record()["stages"][0]["status"] == "done"
+    assert pq.read_metadata(case.run / "rollouts" / "R1_plus.parquet").num_rows == 10
+    assert not (case.run / "rollouts" / "R1_plus").exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from cl_rundir.metric_lines import parse_value
 from cl_trainer.local import checkpoint, tiny
 from cl_trainer.local.__main__ import main
 from cl_trainer.overrides import REWARD_FUNCTION, reward_module
@@ -215,3 +216,77 @@ def test_unknown_override_is_refused(setup, tmp_path: Path, capsys) -> None:
     data, model = setup
     assert main([*overrides(data, model, tmp_path / "ckpt"), "trainer.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_the_kl_reference_is_the_base_model_when_named(
+    setup, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A later stage starts from a trained model; with ``--reference base`` its KL reference is
+    the base model (KL > 0 at the first update), else the stage's start (KL 0 there)."""
+    from cl_trainer.local.config import compose
+    from cl_trainer.local.loop import LocalTrainer
+    from cl_trainer.reference import REFERENCE_MODEL_ENV
+
+    data, base = setup
+    start = tmp_path / "final_1_plus"  # the base moved, as a first stage leaves it
+    moved = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved.save_pretrained(start)
+    tiny.build_tokenizer().save_pretrained(start)
+    one_update = {
+        "actor_rollout_ref.actor.use_kl_loss": True,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 4,
+        "trainer.total_training_steps": 1,
+        "trainer.val_before_train": False,
+    }
+    kl = {}
+    for reference in ("stage", "base"):
+        if reference == "base":
+            monkeypatch.setenv(REFERENCE_MODEL_ENV, str(base))
+        argv = overrides(data, start, tmp_path / reference, **one_update)
+        assert main(argv) == 0
+        kl[reference] = parse_value(step_lines(capsys.readouterr().out)[1]["actor/kl_loss"])
+    assert kl["stage"] < 1e-7 < 1e-3 < kl["base"], kl
+    ref = LocalTrainer(compose(overrides(data, start, tmp_path / "x", **one_update))).ref
+    assert ref is not None
+    want = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
+    for name, w in ref.state_dict().items():
+        assert torch.equal(w, want[name]), name
+
+
+def test_pass_at_k_validation_writes_n_sampled_answers_per_puzzle(
+    setup, tmp_path: Path, capsys
+) -> None:
+    """cl-trainer's ``val_samples`` overrides: n answers per puzzle at the rollout temperature,
+    each a line of the validation dump in veRL's format (``uid``: ``<puzzle>_<sample>_0``)."""
+    import json
+
+    from cl_rundir.layout import Stage
+    from cl_trainer.config import resolve_config
+    from cl_trainer.overrides import stage_overrides
+
+    data, model = setup
+    cfg = resolve_config("tiny", data_dir=data, out=tmp_path, val_samples=3)
+    val = [
+        o
+        for o in stage_overrides(cfg, Stage(0, 1, "plus"), actor_path=str(model), critic_path=None)
+        if ".val_kwargs." in o
+    ]
+    dump = tmp_path / "validation"
+    extra = {"trainer.total_training_steps": 1, "trainer.validation_data_dir": str(dump)}
+    assert main([*overrides(data, model, tmp_path / "ckpt", **extra), *val]) == 0
+    steps = step_lines(capsys.readouterr().out)
+    assert "val-core/countdown_plus/acc/mean@3" in steps[0]  # veRL's naming for n = 3
+    lines = [json.loads(x) for x in (dump / "0.jsonl").read_text().splitlines()]
+    by_uid: dict[str, list[dict]] = {}
+    for line in lines:
+        prompt, sample, output = line["uid"].rsplit("_", 2)
+        assert output == "0"
+        by_uid.setdefault(prompt, []).append({**line, "sample": int(sample)})
+    assert len(by_uid) == 8  # 2 groups x 4 puzzles
+    assert all(sorted(x["sample"] for x in v) == [0, 1, 2] for v in by_uid.values())
+    assert all(len({(x["input"], str(x["gts"])) for x in v}) == 1 for v in by_uid.values())
+    assert sum(len({x["output"] for x in v}) > 1 for v in by_uid.values()) >= 4  # sampled

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cl_trainer.config import resolve_config
+from cl_trainer.config import SETTING_TYPES, SETTINGS, resolve_config
 from cl_trainer.errors import UsageError
 from cl_trainer.local import tiny
 from cl_trainer.remedies import (
@@ -53,9 +55,15 @@ def test_specs_are_canonical_and_checked() -> None:
         ("redo", "redo:tau=0.025"),
         ("redo:tau=0.1", "redo:tau=0.1"),
         ("redo:tau=1e-1", "redo:tau=0.1"),
-        ("shrink-perturb", "shrink-perturb:lambda=0.8,sigma=0.01,toward=init"),
-        ("shrink-perturb:sigma=0,lambda=1", "shrink-perturb:lambda=1.0,sigma=0.0,toward=init"),
-        ("shrink-perturb:toward=base", "shrink-perturb:lambda=0.8,sigma=0.01,toward=base"),
+        ("shrink-perturb", "shrink-perturb:include_1d=no,lambda=0.8,sigma=0.01,toward=init"),
+        (
+            "shrink-perturb:sigma=0,lambda=1",
+            "shrink-perturb:include_1d=no,lambda=1.0,sigma=0.0,toward=init",
+        ),
+        (
+            "shrink-perturb:toward=base,include_1d=yes",
+            "shrink-perturb:include_1d=yes,lambda=0.8,sigma=0.01,toward=base",
+        ),
         ("replay", "replay:fraction=0.25"),
         (" replay:fraction=0.5 ", "replay:fraction=0.5"),
     ]:
@@ -72,6 +80,7 @@ def test_specs_are_canonical_and_checked() -> None:
         ("prune", "use one of shrink-perturb, redo, replay"),
         ("redo:alpha=1", "redo takes tau"),
         ("shrink-perturb:toward=zero", "toward is init .* or base"),
+        ("shrink-perturb:include_1d=true", "include_1d is no .* or yes"),
     ]:
         with pytest.raises(UsageError, match=says) as err:
             parse(bad)
@@ -124,11 +133,36 @@ def test_shrink_toward_base_interpolates(model_dir: Path, tmp_path: Path) -> Non
     with torch.no_grad():
         for p in moved.parameters():
             p.add_(1.0)
-    params = parse("shrink-perturb:lambda=0.25,sigma=0,toward=base").params
+    params = parse("shrink-perturb:lambda=0.25,sigma=0,toward=base,include_1d=yes").params
     shrink_perturb(moved, params, inputs(model_dir))
     base = load(model_dir)
     for a, b in zip(moved.parameters(), base.parameters(), strict=True):
         assert torch.allclose(a, b + 0.25, atol=1e-6)  # 0.25 (θ_base + 1) + 0.75 θ_base
+
+
+def test_shrink_perturb_leaves_norm_gains_and_biases_alone_unless_told(model_dir: Path) -> None:
+    """A norm gain under θ ← 0.8θ + 0.01ε is rescaled, not perturbed: by default every 1-D
+    parameter keeps its value and every matrix moves; ``include_1d=yes`` moves them all."""
+
+    def trained() -> torch.nn.Module:  # biases start at 0, which 0.8θ + 0.01·0 keeps
+        model = load(model_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.5)
+        return model
+
+    before = dict(trained().named_parameters())
+    one_d = {n for n, p in before.items() if p.dim() < 2}
+    assert any("norm" in n for n in one_d) and any(n.endswith(".bias") for n in one_d)
+    for spec, moved in [
+        ("shrink-perturb", set(before) - one_d),
+        ("shrink-perturb:include_1d=yes", set(before)),
+    ]:
+        model = trained()
+        changed = shrink_perturb(model, parse(spec).params, inputs(model_dir))
+        assert changed["kept_1d"] == len(set(before) - moved)
+        for name, p in model.named_parameters():
+            assert torch.equal(p, before[name]) is (name not in moved), (spec, name)
 
 
 def test_redo_resets_only_the_dormant_units(model_dir: Path) -> None:
@@ -165,7 +199,9 @@ def test_remedies_write_the_next_stage_model_and_say_what_they_changed(
         out, base=model_dir, probe=probe, template="compact", seed=3,
     )  # fmt: skip
     assert [r.name for r in records] == ["shrink-perturb", "redo"]  # replay acts on data
-    assert records[0].params == {"lambda": 0.9, "sigma": 0.01, "toward": "init"}
+    assert records[0].params == {
+        "lambda": 0.9, "sigma": 0.01, "toward": "init", "include_1d": "no"
+    }  # fmt: skip
     assert 0 < records[0].changed["relative_change"] < 0.5
     assert len(records[1].changed["reset_units_per_layer"]) == 3
     assert (model_dir / "model.safetensors").read_bytes() == source  # the source is untouched
@@ -193,3 +229,37 @@ def test_replay_holds_the_fraction_from_earlier_groups_only(data_dir: Path, tmp_
     assert len({(r["target"], tuple(r["nums"])) for r in rows}) == len(rows)
     again = replay({"fraction": 0.25}, DataInputs(own, earlier, out, seed=0))
     np.testing.assert_equal(again, changed)  # same seed
+
+
+def test_a_joint_curriculum_refuses_a_remedy_on_data(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"replay:fraction=0\.25 .* joint already mixes") as err:
+        resolve_config("tiny", data_dir=data_dir, out=tmp_path, curriculum="joint",
+                       between_stages=["replay"])  # fmt: skip
+    assert "\n" not in str(err.value)
+    cfg = resolve_config("tiny", data_dir=data_dir, out=tmp_path, curriculum="joint",
+                         between_stages=["redo"])  # fmt: skip
+    assert cfg.curriculum == "joint"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["shrink-perturb:sigma=nan", "shrink-perturb:sigma=inf", "shrink-perturb:lambda=-inf",
+     "redo:tau=nan", "replay:fraction=nan", "replay:fraction=inf"],
+)  # fmt: skip
+def test_a_non_finite_parameter_is_refused(spec: str) -> None:
+    with pytest.raises(UsageError, match=r"must be a finite number$"):
+        parse(spec)
+
+
+FLOAT_SETTINGS = [
+    f.name for f in SETTINGS if float in (SETTING_TYPES[f.name], *get_args(SETTING_TYPES[f.name]))
+]
+
+
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_numeric_setting_refuses_nan_and_infinity(name: str, value: float) -> None:
+    assert FLOAT_SETTINGS
+    flag = "--" + name.replace("_", "-")
+    with pytest.raises(UsageError, match=rf"^{flag} .*finite number$"):
+        resolve_config("tiny", **{name: value})

@@ -223,6 +223,101 @@ def test_the_wandb_key_reaches_cluster_actors_from_the_nodes_environment_only(
     assert env["WANDB_RUN_GROUP"] in runtime_envs and "key-123-secret" not in runtime_envs
 
 
+def test_validation_samples_n_answers_at_the_rollout_temperature(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    """Greedy pass@1 stays the default; ``val_samples`` n samples n answers per puzzle at the
+    rollout's temperature (an override of it included)."""
+
+    def val_kwargs(**given: object) -> DictConfig:
+        cfg = resolve_config("0.5b", data_dir=data_dir, out=tmp_path, algo="grpo", **given)
+        conf = compose_stage(
+            stage_overrides(cfg, Stage(0, 1, "plus"), actor_path=str(hf_model), critic_path=None)
+        )
+        validate_config(conf, use_reference_policy=need_reference_policy(conf), use_critic=False)
+        return conf.actor_rollout_ref.rollout.val_kwargs
+
+    greedy = val_kwargs()
+    assert (greedy.n, greedy.do_sample, greedy.temperature) == (1, False, 0)
+    sampled = val_kwargs(val_samples=8)
+    assert (sampled.n, sampled.do_sample, sampled.temperature) == (8, True, 1.0)
+    warm = val_kwargs(val_samples=4, overrides=["actor_rollout_ref.rollout.temperature=0.7"])
+    assert (warm.n, warm.temperature) == (4, 0.7)
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "modules"),
+    [
+        ("verl", "cuda", "cl_trainer.verl_reference"),
+        ("verl", "cpu", "cl_trainer.verl_cpu.plugin,cl_trainer.verl_reference"),
+        ("local", "cpu", None),
+    ],
+)
+def test_reference_base_names_the_base_model_to_every_stage(
+    backend: str, device: str, modules: str | None, data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    """Every stage's environment names the base model as the KL reference, and veRL's processes
+    import the plugin that reads it; ``--reference stage`` (the default) adds nothing."""
+    given = dict(data_dir=data_dir, out=tmp_path, model=str(hf_model), rounds=2)
+    given |= dict(backend=backend, device=device, ray_address="10.0.0.1:6379")
+    plans = stage_plan(resolve_config("0.5b", reference="base", **given), env={})
+    assert len(plans) == 8 and plans[3].actor != str(hf_model)  # later stages start elsewhere
+    for p in plans:
+        assert p.env["CL_TRAINER_REFERENCE_MODEL"] == str(hf_model)
+        assert p.env.get("VERL_USE_EXTERNAL_MODULES") == modules
+        # A cluster started with `ray start` gets them through the job's runtime environment.
+        assert (
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.CL_TRAINER_REFERENCE_MODEL={hf_model}"
+            in p.argv
+        )
+    for p in stage_plan(resolve_config("0.5b", **given), env={}):
+        assert "CL_TRAINER_REFERENCE_MODEL" not in p.env
+        assert "cl_trainer.verl_reference" not in p.env.get("VERL_USE_EXTERNAL_MODULES", "")
+
+
+PLUGIN_PROBE = """
+import verl
+from types import SimpleNamespace
+from verl.workers import engine_workers as ew
+
+worker_cls = ew.ActorRolloutRefWorker.ref_worker_cls
+built = {}
+ew.TrainingWorker.__init__ = lambda self, config: built.update(path=config.model_config.local_path)
+worker_cls(config=SimpleNamespace(model_config=SimpleNamespace(local_path="/the/stage/start")))
+print(worker_cls.__name__, built["path"])
+"""
+
+
+def test_verl_builds_its_reference_from_the_named_model(hf_model: Path, tmp_path: Path) -> None:
+    """With the stage environment of ``--reference base``, veRL's own hybrid worker constructs
+    its reference through the plugin's class, which loads the base model's weights; without it,
+    veRL's TrainingWorker loads the stage's start."""
+    env = {**os.environ, "CL_TRAINER_REFERENCE_MODEL": str(hf_model)}
+    env["VERL_USE_EXTERNAL_MODULES"] = "cl_trainer.verl_reference"
+    out = subprocess.run(
+        [sys.executable, "-c", PLUGIN_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == f"ReferenceFromModel {hf_model}"
+    assert f"reference policy from {hf_model}" in out.stdout
+    del env["VERL_USE_EXTERNAL_MODULES"], env["CL_TRAINER_REFERENCE_MODEL"]
+    out = subprocess.run(
+        [sys.executable, "-c", PLUGIN_PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.stdout.splitlines()[-1] == "TrainingWorker /the/stage/start", out.stderr[-2000:]
+
+
+def test_a_joint_stage_trains_on_its_mixture(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    cfg = resolve_config("0.5b", data_dir=data_dir, out=tmp_path, curriculum="joint")
+    conf = compose_stage(
+        stage_overrides(cfg, Stage(5, 2, "plus_minus"), actor_path=str(hf_model), critic_path=None)
+    )
+    assert conf.data.train_files == str(tmp_path / "joint" / "R2_plus_minus" / "train.parquet")
+    assert conf.trainer.experiment_name == "ContinualCountdown_R2_plus_minus"
+
+
 ADDED_KEYS = {
     "ray_kwargs.ray_init.": "a keyword of ray.init: main_ppo calls ray.init(**ray_init)",
     ".override_config.": "an HF config attribute (HFModelConfig applies override_config to it) or "

@@ -14,10 +14,13 @@ import numpy as np
 
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
+from cl_eval.passk import PassAtK, pass_at_k
 from cl_eval.plasticity import Plasticity, measure
+from cl_eval.progress import phase
 from cl_eval.rollouts import training_success
 from cl_eval.run import Run, RunError, StageFiles, load_run
 from cl_eval.stats import Estimate, MetricKey
+from cl_eval.turnover import Flips, Losses, flips, losses
 from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
 from cl_rundir.metric_lines import group_accuracy
@@ -270,6 +273,22 @@ def _weights(res: StageResult, run: Run, warnings: list[str], workers: int | Non
         setattr(res, f"weights_{attr}", d)
 
 
+@dataclass(frozen=True)
+class RoundResult:
+    """Stage ``stage`` trains ``group`` for the ``round``-th time: the group's accuracy at the
+    stage's start and end, the gain, and (from the second round on) the gain and the start
+    against the group's first round, each with its paired 95 % interval."""
+
+    group: str
+    round: int
+    stage: int
+    start: Estimate
+    end: Estimate
+    gain: Estimate
+    gain_change: Estimate
+    start_change: Estimate
+
+
 @dataclass
 class Analysis:
     """Everything known about a run: stage results, the accuracy matrix R (row 0 = before any
@@ -289,6 +308,12 @@ class Analysis:
     uncertainty: Uncertainty
     plasticity: Plasticity | None
     warnings: list[str]
+    pass_at_k: PassAtK | None = None
+    """pass@k for k = 1..n when validations drew n > 1 samples per puzzle."""
+    flips: list[Flips] = field(default_factory=list)
+    """Per stage and group, puzzles lost and gained (from per-sample records)."""
+    losses: list[Losses] = field(default_factory=list)
+    """Per group, which stages lost the puzzles it solved after its last training."""
 
     @property
     def R(self) -> np.ndarray:
@@ -307,6 +332,27 @@ class Analysis:
         lo, hi = self.uncertainty.metrics.get(MetricKey(name, index), (None, None))
         finite = isinstance(value, int | float) and math.isfinite(value)
         return Estimate(float(value) if finite else None, lo, hi)
+
+    @property
+    def rounds(self) -> int:
+        return max((st.round for st in self.run.stages[: self.stages_used]), default=0)
+
+    def round_results(self) -> list[RoundResult]:
+        """Every measured stage as (group, round), ordered by group then round."""
+        out = [
+            RoundResult(
+                st.group,
+                st.round,
+                k,
+                self.metric("start_accuracy_per_stage", k),
+                self.metric("learning_accuracy_per_stage", k),
+                self.metric("plasticity_gain_per_stage", k),
+                self.metric("gain_change_per_stage", k),
+                self.metric("start_change_per_stage", k),
+            )
+            for k, st in enumerate(self.run.stages[: self.stages_used], start=1)
+        ]
+        return sorted(out, key=lambda r: (self.run.groups.index(r.group), r.round))
 
     def matrix_payload(self) -> dict:
         """The accuracy matrix with every cell's interval, the metrics with theirs, and the noise
@@ -352,8 +398,10 @@ def analyse(
             f"{run.path}: no stage has metric lines or a final checkpoint; nothing to report"
         )
     if weights:
-        for res in results:
-            _weights(res, run, warnings, workers)
+        with phase("weight change", len(results)) as advance:
+            for res in results:
+                _weights(res, run, warnings, workers)
+                advance(1)
     m = build_matrix(run, results, warnings)
     R = m.R
     cur = Curriculum(tuple(run.groups), tuple(run.groups.index(st.group) for st in run.stages))
@@ -372,6 +420,7 @@ def analyse(
             )
     else:
         warnings.append("no stage has validation accuracy after training: no CL metrics")
+    unc = estimate(run, results, R, m.sources, cur, t_used, warnings)
     return Analysis(
         run=run,
         results=results,
@@ -381,7 +430,10 @@ def analyse(
         metrics=metrics,
         per_round=per_round,
         F=F,
-        uncertainty=estimate(run, results, R, m.sources, cur, t_used, warnings),
+        uncertainty=unc,
         plasticity=measure(run, results, probe=probe) if weights else None,
         warnings=warnings,
+        pass_at_k=pass_at_k(unc.records, run.groups, R.shape[0], cur, t_used),
+        flips=flips(unc.records, run.groups, t_used),
+        losses=losses(unc.records, run.groups, list(cur.stage_cols), t_used),
     )

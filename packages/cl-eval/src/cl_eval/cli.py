@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cl_eval import progress
 from cl_rundir.layout import LOGS_DIR, RUN_JSON
+from cl_rundir.oserrors import OneLineOSErrors
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,7 +29,11 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
-@click.group(context_settings=CONTEXT)
+class Main(OneLineOSErrors, click.Group):
+    """The command group: a failed read or write ends in one ``Error:`` line."""
+
+
+@click.group(cls=Main, context_settings=CONTEXT)
 def main() -> None:
     """Continual-learning analysis of Countdown runs (reads run dirs; never trains)."""
 
@@ -110,9 +116,15 @@ def report(
     console = _console(stderr=True)
     for d in _run_dirs(runs, model_size, runs_root):
         try:
-            res = build_report(
-                d, model_size, weights=weights, write_html=write_html, workers=workers, probe=probe
-            )
+            with progress.shown(console):
+                res = build_report(
+                    d,
+                    model_size,
+                    weights=weights,
+                    write_html=write_html,
+                    workers=workers,
+                    probe=probe,
+                )
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
         for w in res.warnings:
@@ -277,8 +289,8 @@ def compare(
     from rich.table import Table
 
     from cl_eval.analysis import analyse
+    from cl_eval.compare import comparability, expand, tables, write_outputs
     from cl_eval.compare import compare as run_compare
-    from cl_eval.compare import expand, tables, write_outputs
     from cl_eval.report import json_safe
     from cl_eval.run import RunError
 
@@ -298,9 +310,15 @@ def compare(
         if not dirs:
             raise click.UsageError(f"{name}: no run directory matches {' '.join(pats)}")
         try:
-            conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
+            with progress.shown(_console(stderr=True)):
+                conditions[name] = [analyse(d, weights=plasticity) for d in dirs]
         except RunError as exc:
             raise click.ClickException(str(exc)) from exc
+    problem, warnings = comparability(conditions)
+    if problem is not None:
+        raise click.UsageError(problem)
+    for w in warnings:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     result = run_compare(conditions)
     if as_json:
         click.echo(json.dumps(json_safe(result.as_dict()), indent=2))

@@ -34,6 +34,15 @@ DEFINITIONS: dict[str, str] = {
     "over the BWT groups of R[last(j)][j] - R[T][j] (= -BWT).",
     "forgetting_max": "Forgetting (Chaudhry et al. 2018, RWalk, relative to the best earlier "
     "accuracy): mean over the BWT groups of max_{first(j) <= l < T} R[l][j] - R[T][j].",
+    "from_base": "Change from the base model (Retaining by Doing, Chen et al. 2025): mean over "
+    "all groups j of R[T][j] - R[0][j]. Negative = the curriculum left groups below the "
+    "untouched model.",
+    "gain_change": "Plasticity across rounds: mean over stages k that train a group again of "
+    "gain(k) - gain(first(g(k))), gain(k) = R[k][g(k)] - R[k-1][g(k)]. Negative = returning to "
+    "a group gains less than its first training (loss of plasticity).",
+    "start_change": "Retention across rounds: mean over the same stages of R[k-1][g(k)] - "
+    "R[first(g(k))-1][g(k)], the accuracy at the stage's start against the group's first start. "
+    "Positive = later rounds start higher (retention).",
 }
 
 
@@ -119,6 +128,16 @@ def compute_metrics(
         _cell(R, T, j) - _cell(R, cur.last(j, T), j) if j in old else None
         for j in range(len(cur.groups))
     ]
+    starts = [_cell(R, k - 1, cur.stage_cols[k - 1]) for k in range(1, T + 1)]
+    first = [cur.first(cur.stage_cols[k - 1], k) for k in range(1, T + 1)]
+    again = [k for k in range(1, T + 1) if first[k - 1] != k]
+    gain_change: list[float | None] = [None] * T
+    start_change: list[float | None] = [None] * T
+    for k in again:
+        f = first[k - 1]
+        gain_change[k - 1] = gains[k - 1] - gains[f - 1]
+        start_change[k - 1] = starts[k - 1] - starts[f - 1]
+    from_base = [_cell(R, T, j) - float(ref[j]) for j in range(len(cur.groups))]
     fwt_terms: list[float | None] = []
     for j in range(len(cur.groups)):
         f = cur.first(j, T)
@@ -142,6 +161,13 @@ def compute_metrics(
         "forgetting_max": forgetting_max_at(R, cur, T),
         "forgetting_max_per_stage": [None]
         + [forgetting_max_at(R, cur, k) for k in range(2, T + 1)],
+        "from_base": _mean(from_base),
+        "from_base_per_group": from_base,
+        "start_accuracy_per_stage": starts,
+        "gain_change": _mean([gain_change[k - 1] for k in again]),
+        "gain_change_per_stage": gain_change,
+        "start_change": _mean([start_change[k - 1] for k in again]),
+        "start_change_per_stage": start_change,
     }
 
 

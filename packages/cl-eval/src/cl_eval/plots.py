@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import matplotlib
 
@@ -16,6 +17,10 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 from cl_rundir.atomic import write_atomic
+
+if TYPE_CHECKING:
+    from cl_eval.plasticity import KLPoint
+    from cl_eval.stats import Estimate
 
 
 @dataclass
@@ -287,12 +292,11 @@ def weight_change(
     return _save(fig, out)
 
 
-def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
-    """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
-    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
-    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
+def _grouped_bars(ax: plt.Axes, xlabels: Sequence[str], per_label: dict[str, list]) -> None:
+    """One group of bars per x label, one bar per series, whiskers for each estimate's interval
+    (``per_label[label][i]``: an estimate with value, lo, hi)."""
     width = 0.8 / max(len(per_label), 1)
-    x = np.arange(len(keys))
+    x = np.arange(len(xlabels))
     for n, (label, ests) in enumerate(per_label.items()):
         mean = np.array([np.nan if e.value is None else e.value for e in ests], dtype=float)
         lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
@@ -301,9 +305,81 @@ def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, 
         ax.bar(x + (n - (len(per_label) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
                label=label)  # fmt: skip
     ax.axhline(0, color="0.4", lw=0.8)
-    ax.set_xticks(x, list(keys), rotation=20, ha="right")
+
+
+def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
+    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
+    fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
+    _grouped_bars(ax, keys, per_label)
+    ax.set_xticks(np.arange(len(keys)), list(keys), rotation=20, ha="right")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
+    return _save(fig, out)
+
+
+def rounds(
+    groups: Sequence[str],
+    gain: dict[str, list],
+    start: dict[str, list],
+    out: Path,
+    title: str,
+) -> Path:
+    """Two panels of grouped bars (x = group, one bar per round, whiskers = paired 95 %
+    intervals): the gain of the stage that trains the group, and its accuracy at that stage's
+    start. Falling gains = loss of plasticity; rising starts = retention."""
+    fig, (a_gain, a_start) = plt.subplots(1, 2, figsize=(4 + 2.4 * len(groups), 4.5),
+                                          layout="constrained")  # fmt: skip
+    for ax, series, heading in (
+        (a_gain, gain, "Gain in the stage: accuracy at its end − at its start"),
+        (a_start, start, "Accuracy at the stage's start"),
+    ):
+        _grouped_bars(ax, groups, series)
+        ax.set_xticks(np.arange(len(groups)), list(groups), fontsize=9)
+        ax.set_title(heading, fontsize=10)
+        ax.set_xlabel("group trained by the stage")
+        ax.set_ylabel("accuracy" if ax is a_start else "accuracy gain")
+        ax.grid(axis="y", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    a_start.set_ylim(0, 1)
+    a_gain.legend(fontsize=8, title="round", title_fontsize=8)
+    fig.suptitle(title + " (whiskers: paired 95 % intervals over puzzles)", fontsize=11)
+    return _save(fig, out)
+
+
+class Curve(NamedTuple):
+    """One pass@k curve over k: its role (``base``, ``last`` = right after the group's last
+    training, ``end``), its legend label, and its values with 95 % bounds."""
+
+    role: str
+    label: str
+    values: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+CURVE_COLORS = {"base": "0.45", "last": "C0", "end": "C3"}
+"""One colour per role in every panel."""
+
+
+def pass_at_k(ks: Sequence[int], curves: dict[str, list[Curve]], out: Path, title: str) -> Path:
+    """One panel per group: pass@k against k for a few rows of the matrix, with 95 % bands. A
+    curve that falls at k = 1 but not at k = n lost a first choice, not an ability."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(1.5 + 3.3 * len(curves), 3.8),
+                             sharey=True, layout="constrained", squeeze=False)  # fmt: skip
+    for ax, (group, rows) in zip(axes[0], curves.items(), strict=True):
+        for role, label, v, lo, hi in rows:
+            color = CURVE_COLORS[role]
+            ax.plot(ks, v, marker="o", ms=3, color=color, label=label)
+            ax.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.set_title(group, fontsize=10)
+        ax.set_xlabel("k (samples per puzzle)")
+        ax.set_xticks(list(ks))
+        ax.set_ylim(0, 1)
+        ax.grid(color="0.9", lw=0.6)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("pass@k")
+    fig.suptitle(title, fontsize=11)
     return _save(fig, out)
 
 
@@ -394,29 +470,53 @@ def plasticity(
     return _save(fig, out)
 
 
-def kl_forgetting(points: Sequence[tuple[str, str, float, float]], out: Path, title: str) -> Path:
-    """Change of each earlier group's accuracy in a stage against the KL that stage moved on its
-    own group, with the least-squares line and its R²."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    if points:
-        x = np.array([p[2] for p in points])
-        y = np.array([p[3] for p in points])
-        groups = sorted({p[1] for p in points})
+def kl_forgetting(
+    pairings: dict[str, tuple[Sequence[KLPoint], Estimate]], out: Path, title: str
+) -> Path:
+    """A panel per KL pairing (``plasticity.KL_PAIRINGS``, RL's Razor's first): the accuracy
+    change of the other groups against the KL the stage moved on its own group, with the
+    least-squares line and, above it, Pearson's r with its 95 % interval. A group has one colour
+    in both panels, and one legend below them, where it hides no point."""
+    from cl_eval.plasticity import KL_PAIRINGS
+
+    shown = [p for p in KL_PAIRINGS if p.name in pairings]
+    groups = sorted({pt.group for points, _ in pairings.values() for pt in points})
+    colour = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    fig, axes = plt.subplots(
+        1, len(shown), figsize=(6.2 * len(shown), 5.2), squeeze=False, layout="constrained"
+    )
+    for ax, pairing in zip(axes[0], shown, strict=True):
+        points, r = pairings[pairing.name]
+        n = f"{len(points)} point{'s' if len(points) != 1 else ''}"
+        if not points:
+            summary = "nothing to correlate"
+        elif r.value is None:
+            summary = f"{n}: too few, or too alike, for r"
+        else:
+            ci = "" if r.lo is None else f" [{r.lo:.2f}, {r.hi:.2f}]"
+            summary = f"Pearson r = {r.value:.2f}{ci}, {n}"
+        ax.set_title(f"{pairing.title}\n{summary}", fontsize=10)
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_xlabel(pairing.kl_label)
+        ax.set_ylabel(pairing.change_label)
+        if not points:
+            ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
+            continue
+        x = np.array([p.kl for p in points])
+        y = np.array([p.change for p in points])
         for g in groups:
-            sel = [i for i, p in enumerate(points) if p[1] == g]
-            ax.scatter(x[sel], y[sel], label=g, s=25)
-        if len(points) >= 3 and np.ptp(x) > 0:
+            sel = [i for i, p in enumerate(points) if p.group == g]
+            if sel:
+                ax.scatter(x[sel], y[sel], s=25, color=colour[g])
+        if r.value is not None:
             slope, intercept = np.polyfit(x, y, 1)
-            fit = slope * x + intercept
-            ss = float(((y - y.mean()) ** 2).sum())
-            r2 = 1 - float(((y - fit) ** 2).sum()) / ss if ss else float("nan")
             xs = np.linspace(x.min(), x.max(), 20)
-            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1, label=f"fit, R² = {r2:.2f}")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no KL measured", ha="center", transform=ax.transAxes, color="0.5")
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.set_xlabel("KL moved by the stage on its own group (per token)")
-    ax.set_ylabel("accuracy change of an earlier group")
-    ax.set_title(title, fontsize=10)
+            ax.plot(xs, slope * xs + intercept, color="0.4", lw=1)
+    handles = [plt.Line2D([], [], ls="", marker="o", color=colour[g], label=g) for g in groups]
+    if any(r.value is not None for _, r in pairings.values()):
+        handles.append(plt.Line2D([], [], color="0.4", lw=1, label="least squares"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8,
+                   title="other group j", title_fontsize=8)  # fmt: skip
+    fig.suptitle(title)
     return _save(fig, out)

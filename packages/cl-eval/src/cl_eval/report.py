@@ -11,16 +11,30 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cl_eval.analysis import Analysis, StageResult, SuccessSeries, analyse
 from cl_eval.matrix import DEFINITIONS
-from cl_eval.plasticity import SUMMARY_TAU, Plasticity, kl_forgetting_points
+from cl_eval.passk import PassAtK
+from cl_eval.plasticity import (
+    KL_DEFINITION,
+    KL_PAIRINGS,
+    SUMMARY_TAU,
+    KLPoint,
+    Plasticity,
+    kl_correlation,
+    kl_forgetting,
+)
 from cl_eval.run import Run
-from cl_eval.stats import Estimate
+from cl_eval.stats import Estimate, MetricKey
+from cl_eval.turnover import SOLVED
 from cl_rundir.atomic import write_atomic
 from cl_rundir.layout import MODELS_DIR
+
+if TYPE_CHECKING:
+    from cl_eval.plots import Curve
 
 SCHEMA_VERSION = 1
 
@@ -255,8 +269,28 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
         **a.matrix_payload(),
         "plasticity": None
         if a.plasticity is None
-        else {**a.plasticity.as_dict(), "kl_forgetting": _kl_points(a)},
+        else {
+            **a.plasticity.as_dict(),
+            "kl_forgetting": {
+                name: {"points": points, "correlation": kl_correlation(points)}
+                for name, points in _kl_points(a).items()
+            },
+            "kl_definition": KL_DEFINITION,
+        },
         "per_round": a.per_round,
+        "rounds": a.round_results() if a.rounds > 1 else None,
+        "pass_at_k": None
+        if a.pass_at_k is None
+        else {
+            "n": a.pass_at_k.n,
+            "k": a.pass_at_k.ks,
+            "values": a.pass_at_k.values,
+            "lo": a.pass_at_k.lo,
+            "hi": a.pass_at_k.hi,
+            "metrics": {str(k): m for k, m in a.pass_at_k.metrics.items()},
+            "metric_intervals": {str(k): m for k, m in a.pass_at_k.intervals.items()},
+        },
+        "turnover": {"solved_at": SOLVED, "flips": a.flips, "losses": a.losses},
         "forgetting_matrix": a.F,
         "definitions": DEFINITIONS,
         "stages": [
@@ -335,6 +369,32 @@ def write_plots(a: Analysis) -> dict[str, Path]:
         plot_dir / f"forgetting_{size}.png",
         f"{title}: forgetting",
     )
+    if a.rounds > 1:
+        results_by = {(r.group, r.round): r for r in a.round_results()}
+        numbers = sorted({r for _, r in results_by})
+        none = Estimate(None)
+
+        def per_round(attr: str) -> dict[str, list[Estimate]]:
+            return {
+                str(r): [getattr(results_by[g, r], attr) if (g, r) in results_by else none
+                         for g in run.groups]
+                for r in numbers
+            }  # fmt: skip
+
+        figs["rounds"] = plots.rounds(
+            run.groups,
+            per_round("gain"),
+            per_round("start"),
+            plot_dir / f"rounds_{size}.png",
+            f"{title}: does each return to a group gain less, or start higher?",
+        )
+    if a.pass_at_k is not None:
+        figs["pass_at_k"] = plots.pass_at_k(
+            a.pass_at_k.ks,
+            _pass_curves(a, a.pass_at_k),
+            plot_dir / f"pass_at_k_{size}.png",
+            f"{title}: pass@k (bands: 95 % intervals over puzzles)",
+        )
     panels = [
         (f"{res.stage.name}", *res.weights_stage.layer_module_matrix())
         for res in results
@@ -364,7 +424,9 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             tau=SUMMARY_TAU,
         )
         figs["kl"] = plots.kl_forgetting(
-            _kl_points(a), plot_dir / f"kl_forgetting_{size}.png", f"{title}: forgetting vs KL"
+            {name: (pts, kl_correlation(pts)) for name, pts in _kl_points(a).items()},
+            plot_dir / f"kl_forgetting_{size}.png",
+            f"{title}: forgetting vs KL on the new task",
         )
     return figs
 
@@ -372,20 +434,42 @@ def write_plots(a: Analysis) -> dict[str, Path]:
 OVERLAP_MODULES = ("q", "k", "v", "o", "gate", "up", "down", "embed", "all")
 
 
-def _kl_points(a: Analysis) -> list[tuple[str, str, float, float]]:
+def _pass_curves(a: Analysis, pk: PassAtK) -> dict[str, list[Curve]]:
+    """Per group, pass@k of the base model, right after the group's last training (when that is
+    not the last stage) and at the end."""
+    from cl_eval.plots import Curve
+
+    T, out = a.stages_used, {}
+    for j, g in enumerate(a.run.groups):
+        last = a.curriculum.last(j, T)
+        rows = [("base", "base", 0)]
+        if last is not None and last < T:
+            rows.append(("last", f"after {a.row_names[last]} (last trained)", last))
+        rows.append(("end", f"end ({a.row_names[T]})", T))
+        out[g] = [
+            Curve(role, label, pk.values[:, i, j], pk.lo[:, i, j], pk.hi[:, i, j])
+            for role, label, i in rows
+        ]
+    return out
+
+
+def _kl_points(a: Analysis) -> dict[str, list[KLPoint]]:
+    """Pairing name (``KL_PAIRINGS``) -> the run's points."""
     if a.plasticity is None:
-        return []
+        return {p.name: [] for p in KL_PAIRINGS}
     cols = [a.run.groups.index(st.group) for st in a.run.stages]
-    return kl_forgetting_points(a.plasticity, a.R, cols, a.run.groups)
+    return kl_forgetting(a.plasticity, a.R, cols, a.run.groups)
 
 
 def _dormant_matrix(p: Plasticity, tau: float = SUMMARY_TAU) -> tuple[list[int], np.ndarray] | None:
-    if not p.probes:
+    probed = [pr for pr in p.probes or [] if pr]
+    if not probed:
         return None
-    layers = len(p.probes[0].dormant.get(tau, []))
+    layers = len(probed[0].dormant.get(tau, []))
     M = np.full((layers, len(p.rows)), np.nan)
-    for r, pr in enumerate(p.probes):
-        M[:, r] = pr.dormant.get(tau, [np.nan] * layers)
+    for r, pr in enumerate(p.probes or []):
+        if pr:
+            M[:, r] = pr.dormant.get(tau, [np.nan] * layers)
     return list(range(layers)), M
 
 
@@ -427,6 +511,9 @@ def document(a: Analysis, figs: dict[str, Path]) -> Doc:
         _warnings,
         _accuracy_matrix,
         _transfer_and_forgetting,
+        _rounds,
+        _pass_at_k,
+        _turnover,
         _plasticity,
         _noise_floor,
         _stages,
@@ -500,15 +587,18 @@ def _transfer_and_forgetting(d: Doc, a: Analysis, figs: dict[str, Path]) -> None
     )
     d.h(3, "Per group: forgetting and transfer")
     d.p(
-        "R[T][j] − R[last(j)][j] (negative: forgotten since the group was last trained) and "
-        "R[first(j)−1][j] − R[0][j] (what earlier stages did for the group before it was "
-        "trained), each with its paired 95 % interval."
+        "R[T][j] − R[last(j)][j] (negative: forgotten since the group was last trained), "
+        "R[T][j] − R[0][j] (from_base: where the whole curriculum left the group against the "
+        "untouched model) and R[first(j)−1][j] − R[0][j] (what earlier stages did for the group "
+        "before it was trained), each with its paired 95 % interval."
     )
     d.table(
         ["group", "since last trained", "95 % interval", "excludes 0",
+         "from base", "95 % interval", "excludes 0",
          "before first trained", "95 % interval", "excludes 0"],
         [
             [g, *_metric_row(a.metric("bwt_per_group", j)),
+             *_metric_row(a.metric("from_base_per_group", j)),
              *_metric_row(a.metric("fwt_per_group", j))]
             for j, g in enumerate(a.run.groups, start=1)
         ],
@@ -523,6 +613,142 @@ def _transfer_and_forgetting(d: Doc, a: Analysis, figs: dict[str, Path]) -> None
     _img(d, a, figs, "forgetting", "forgetting")
 
 
+def _verdict(est: Estimate, below: str, above: str) -> str:
+    """What an interval supports, in words."""
+    if est.value is None:
+        return "not measured"
+    if est.lo is None or est.hi is None:
+        return "no interval: no claim"
+    if est.hi < 0:
+        return below
+    if est.lo > 0:
+        return above
+    return "the interval includes 0: no difference supported"
+
+
+def _est(e: Estimate, signed: bool = True) -> str:
+    if e.value is None:
+        return "–"
+    f = _signed if signed else (lambda v: f"{v:.3f}")
+    if e.lo is None or e.hi is None:
+        return f(e.value)
+    return f"{f(e.value)} [{f(e.lo)}, {f(e.hi)}]"
+
+
+def _rounds(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if a.rounds < 2 or not a.metrics:
+        return
+    d.h(2, "Rounds: plasticity and retention")
+    d.p(
+        "Each return to a group, against its first training: the gain of the stage that trains "
+        "it (accuracy at the stage's end − at its start) and the accuracy at the stage's start. "
+        "Later rounds gaining less is loss of plasticity (at a comparable start); later rounds "
+        "starting higher is retention. Every interval is paired over the same test puzzles."
+    )
+    gain, start = a.metric("gain_change"), a.metric("start_change")
+    d.table(
+        ["question", "later rounds − round 1 (mean)", "95 % interval", "what it supports"],
+        [
+            ["do later rounds gain less?", _signed(gain.value), _interval_cells(gain)[0],
+             _verdict(gain, "yes: later rounds gain less (loss of plasticity)",
+                      "no: later rounds gain more")],
+            ["do later rounds start higher?", _signed(start.value), _interval_cells(start)[0],
+             _verdict(start, "no: later rounds start lower", "yes: later rounds start higher "
+                      "(retention)")],
+        ],
+    )  # fmt: skip
+    d.table(
+        ["group", "round", "stage", "start", "end", "gain", "gain − round 1", "start − round 1"],
+        [
+            [r.group, str(r.round), a.row_names[r.stage], _est(r.start, False),
+             _est(r.end, False), _est(r.gain), _est(r.gain_change), _est(r.start_change)]
+            for r in a.round_results()
+        ],
+    )  # fmt: skip
+    _img(d, a, figs, "rounds", "gain per round and group")
+
+
+PASS_METRICS = ("bwt", "forgetting_max", "from_base")
+
+
+def _pass_at_k(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    pk = a.pass_at_k
+    if pk is None:
+        return
+    d.h(2, "pass@k")
+    d.p(
+        f"Validations drew n = {pk.n} samples per puzzle. pass@k is the unbiased estimate of "
+        "Chen et al. (2021), 1 − C(n−c, k)/C(n, k) for c right of n, averaged over puzzles; "
+        "intervals resample puzzles with all their samples (paired across stages). Forgetting "
+        f"at pass@1 but not at pass@{pk.n} means the model lost its first choice, not the "
+        "ability."
+    )
+    rows = []
+    for name in PASS_METRICS:
+        rows.append([name, *(_pass_est(pk, k, MetricKey(name)) for k in pk.metric_ks)])
+    for prefix in ("bwt_per_group", "from_base_per_group"):
+        for j, g in enumerate(a.run.groups, start=1):
+            key = MetricKey(prefix, j)
+            rows.append([f"{prefix}[{g}]", *(_pass_est(pk, k, key) for k in pk.metric_ks)])
+    rows = [r for r in rows if any(c != "–" for c in r[1:])]
+    d.table(["metric", *(f"at pass@{k}" for k in pk.metric_ks)], rows)
+    T = a.stages_used
+    d.table(
+        ["k", *(f"{g}: base → end" for g in a.run.groups)],
+        [
+            [str(k), *(f"{_ci(pk.values[k - 1, 0, j], pk.lo[k - 1, 0, j], pk.hi[k - 1, 0, j])} → "
+                       f"{_ci(pk.values[k - 1, T, j], pk.lo[k - 1, T, j], pk.hi[k - 1, T, j])}"
+                       for j in range(len(a.run.groups)))]
+            for k in pk.ks
+        ],
+    )  # fmt: skip
+    _img(d, a, figs, "pass_at_k", "pass@k per group")
+
+
+def _pass_est(pk: PassAtK, k: int, key: MetricKey) -> str:
+    metrics, intervals = pk.metrics[k], pk.intervals[k]
+    value = metrics.get(key.name)
+    if key.index is not None:
+        value = value[key.index - 1] if isinstance(value, list) else None
+    lo, hi = intervals.get(key, (None, None))
+    finite = isinstance(value, int | float) and math.isfinite(value)
+    return _est(Estimate(float(value) if finite else None, lo, hi))
+
+
+def _turnover(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if not a.flips:
+        return
+    d.h(2, "Turnover")
+    d.p(
+        "Per stage and group, from the per-sample records: puzzles solved before the stage and "
+        "unsolved after it (lost), and the reverse (gained). A puzzle counts as solved when at "
+        f"least {SOLVED:.0%} of its samples are right. A small net change can hide large churn."
+    )
+    d.table(
+        ["stage", "group", "puzzles", "solved before", "lost", "gained", "net"],
+        [
+            [a.row_names[f.stage], f.group, str(f.puzzles), str(f.solved_before), str(f.lost),
+             str(f.gained), f"{f.net:+d}"]
+            for f in a.flips
+        ],
+    )  # fmt: skip
+    if a.losses:
+        d.h(3, "Which stage lost them")
+        d.p(
+            "Of the puzzles a group solved right after its last training and no longer solves "
+            "at the end, how many each later stage lost (charged to the stage of the puzzle's "
+            "last solved → unsolved flip)."
+        )
+        d.table(
+            ["group", "last trained", "solved then", "unsolved at the end", "lost by stage"],
+            [
+                [x.group, a.row_names[x.last], str(x.solved_then), str(x.unsolved_now),
+                 ", ".join(f"{a.row_names[k]}: {n}" for k, n in x.by_stage.items()) or "–"]
+                for x in a.losses
+            ],
+        )  # fmt: skip
+
+
 def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     p = a.plasticity
     if p is None:
@@ -533,8 +759,10 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         "of the MLP matrices (Roy & Vetterli), total weight norm, and how a stage's update lines "
         "up with the next one's (cosine; Jaccard overlap of their top-1 % |Δ| coordinates, "
         "chance ≈ 0.005). Activations on a fixed probe of test prompts: τ-dormant MLP units "
-        "(Sokar et al.), feature rank srank (Kumar et al.), and the KL(after ‖ before) per token "
-        "a stage moved on the reference solutions of its own group."
+        "(Sokar et al.), feature rank srank (Kumar et al.), and the KL a stage moved on the "
+        "reference solutions of its own group, per token: from the base model, KL(base ‖ after) "
+        "(RL's Razor's measure), and from the stage's start in both directions, KL(start ‖ after) "
+        "and KL(after ‖ start)."
     )
     probes = p.probes or []
     rows = []
@@ -552,6 +780,8 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
                 _fmt(p.mean_rank(r), 1),
                 "–" if norm is None else f"{norm:.2f}"
                 + (f" (×{norm / prev:.3f})" if prev else ""),
+                _fmt(pr.kl_base.get(own)) if pr and own else "–",
+                _fmt(pr.kl_forward.get(own)) if pr and own else "–",
                 _fmt(pr.kl_moved.get(own)) if pr and own else "–",
                 _fmt(geo.cosine.get("all")) if geo else "–",
                 _fmt(geo.overlap.get("all")) if geo else "–",
@@ -559,7 +789,9 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
         )  # fmt: skip
     d.table(
         ["after stage", "dormant τ=0", "τ=0.025", "τ=0.1", "srank", "MLP eff. rank",
-         "weight norm", "KL moved (own group)", "update cos → next", "top-1 % overlap → next"],
+         "weight norm", "KL(base ‖ after), own group", "KL(start ‖ after), own group",
+         "KL(after ‖ start), own group",
+         "update cos → next", "top-1 % overlap → next"],
         rows,
     )  # fmt: skip
     soft = _soft_matrix(a)
@@ -576,6 +808,23 @@ def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
             [[name, *(_fmt(float(v)) for v in S[i])] for i, name in enumerate(p.rows)],
         )
     _img(d, a, figs, "plasticity", "plasticity")
+    by_pairing = _kl_points(a)
+    if any(by_pairing.values()):
+        d.h(3, "Forgetting vs KL")
+        d.p(
+            f"{KL_DEFINITION} A negative r: stages that moved more KL on their new group cost the "
+            "other groups more accuracy; it is supported only where its interval excludes 0."
+        )
+        rows = []
+        for pairing in KL_PAIRINGS:
+            points = by_pairing[pairing.name]
+            r = kl_correlation(points)
+            rows.append([pairing.title, _est(r), *_interval_cells(r)[1:], str(len(points)),
+                         str(len({p.stage for p in points})),
+                         r.method if r.lo is not None else "–"])  # fmt: skip
+        d.table(
+            ["pairing", "Pearson r [95 %]", "excludes 0", "points", "stages", "interval"], rows
+        )
     _img(d, a, figs, "kl", "forgetting vs KL")
     if p.notes:
         d.ul(p.notes)

@@ -25,7 +25,13 @@ import numpy as np
 
 from cl_eval.matrix import Curriculum, compute_metrics
 from cl_eval.run import Run
-from cl_eval.samples import PuzzleKey, Validation, read_validation, validation_files
+from cl_eval.samples import (
+    PuzzleKey,
+    PuzzleRecords,
+    Validation,
+    read_validation,
+    validation_files,
+)
 from cl_eval.stats import (
     BOOTSTRAP_RESAMPLES,
     Cell,
@@ -38,7 +44,7 @@ from cl_eval.stats import (
     replicate_matrices,
     rng,
 )
-from countdown_data.dataset import read_manifest
+from countdown_data.dataset import load_manifest
 
 if TYPE_CHECKING:
     from cl_eval.analysis import LoggedValidation, StageResult
@@ -56,8 +62,13 @@ class Uncertainty:
     noise_floor: list[dict] = field(default_factory=list)
     replicates: dict[MetricKey, np.ndarray] = field(default_factory=dict)
     """Every metric on every resampled matrix: what ``cl-eval compare`` pairs across runs."""
-    puzzles: dict[str, tuple[PuzzleKey, ...]] = field(default_factory=dict)
-    """Per group, the puzzles the resampling is over (empty without records)."""
+    records: dict[str, PuzzleRecords] = field(default_factory=dict)
+    """Per group, the per-puzzle outcomes the resampling is over (empty without records)."""
+
+    @property
+    def puzzles(self) -> dict[str, tuple[PuzzleKey, ...]]:
+        """Per group, the puzzles the resampling is over."""
+        return {g: r.puzzles for g, r in self.records.items()}
 
     @property
     def source(self) -> str:
@@ -86,8 +97,8 @@ class Records:
         if key not in self.cache:
             path = validation_files(directory).get(step)
             val = read_validation(path) if path is not None else None
-            if val is not None and val.skipped:
-                self.warnings.append(f"{path}: {val.skipped} unreadable line(s) skipped")
+            if val is not None and (warning := val.warning()):
+                self.warnings.append(warning)
             self.cache[key] = val
         return self.cache[key]
 
@@ -97,7 +108,7 @@ def puzzles_per_group(run: Run) -> dict[str, int]:
     if run.record is None or run.record.data_dir is None:
         return {}
     try:
-        data = read_manifest(run.record.data_dir)
+        data = load_manifest(run.record.data_dir)  # only its counts are needed
         counts = {g: int(data["counts"][g]["test"]) for g in run.groups}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
@@ -112,24 +123,31 @@ def _cells(
     sources: list[tuple[StageResult, LoggedValidation] | None],
     R: np.ndarray,
     records: Records,
-) -> tuple[list[list[Cell | None]], dict[str, tuple[PuzzleKey, ...]]]:
+) -> tuple[list[list[Cell | None]], dict[str, PuzzleRecords]]:
     rows, groups = R.shape
-    per_puzzle: list[list[dict[PuzzleKey, float] | None]] = [[None] * groups for _ in range(rows)]
+    per_puzzle: list[list[dict[PuzzleKey, list[float]] | None]] = [
+        [None] * groups for _ in range(rows)
+    ]
     for i, src in enumerate(sources):
         if src is None:
             continue
         val = records.get(src[0], src[1].step)
         for j, g in enumerate(run.groups):
             if val is not None and g in val.outcomes:
-                per_puzzle[i][j] = val.puzzle_accuracy(g)
+                per_puzzle[i][j] = val.outcomes[g]
     counts = puzzles_per_group(run)
     cells: list[list[Cell | None]] = [[None] * groups for _ in range(rows)]
-    puzzles: dict[str, tuple[PuzzleKey, ...]] = {}
+    by_group: dict[str, PuzzleRecords] = {}
     for j, g in enumerate(run.groups):
         known = [p for i in range(rows) if (p := per_puzzle[i][j]) is not None]
         shared = sorted(set.intersection(*(set(p) for p in known))) if known else []
         if shared:
-            puzzles[g] = tuple(shared)
+            correct, samples = np.zeros((rows, len(shared))), np.zeros((rows, len(shared)))
+            for i in range(rows):
+                if (p := per_puzzle[i][j]) is not None:
+                    correct[i] = [sum(p[k]) for k in shared]
+                    samples[i] = [len(p[k]) for k in shared]
+            by_group[g] = PuzzleRecords(tuple(shared), correct, samples)
         if known and any(len(p) != len(shared) for p in known):
             records.warnings.append(
                 f"group {g}: validations differ in their puzzles; paired over the "
@@ -139,15 +157,14 @@ def _cells(
             src, mean = sources[i], float(R[i, j])
             if src is None or not math.isfinite(mean):
                 continue
-            p = per_puzzle[i][j]
-            if p is not None and shared:
-                cells[i][j] = Cell(mean, puzzles=np.array([p[k] for k in shared]))
+            if per_puzzle[i][j] is not None and shared:
+                cells[i][j] = Cell(mean, puzzles=by_group[g].accuracy(i))
                 continue
             key = src[1].keys.get(g) or ""
             m = _SAMPLES.search(key)
             answers = counts.get(g, 0) * (int(m.group(1)) if m else 1)
             cells[i][j] = Cell(mean, answers=answers or None)
-    return cells, puzzles
+    return cells, by_group
 
 
 def _noise_floor(
@@ -194,14 +211,14 @@ def estimate(
 ) -> Uncertainty:
     """Intervals for every cell and metric of the run, and its noise floor."""
     records = Records(warnings)
-    cells, puzzles = _cells(run, sources, R, records)
+    cells, by_group = _cells(run, sources, R, records)
     lo, hi = np.full(R.shape, np.nan), np.full(R.shape, np.nan)
     for (i, j), _ in np.ndenumerate(R):
         if cells[i][j] is not None:
             lo[i, j], hi[i, j] = cells[i][j].interval()
     n = [[c.n if c else None for c in row] for row in cells]
     method = [[c.method if c else None for c in row] for row in cells]
-    out = Uncertainty(lo, hi, n, method, puzzles=puzzles)
+    out = Uncertainty(lo, hi, n, method, records=by_group)
     if stages_used:
         seed = zlib.crc32(str(run.path).encode())  # independent parametric draws per run
         matrices = replicate_matrices(cells[: stages_used + 1], parametric_seed=seed)

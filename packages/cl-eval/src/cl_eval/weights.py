@@ -18,11 +18,11 @@ import re
 import struct
 import threading
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,8 @@ ETA = 1e-3
 
 _FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 _DTYPE_BYTES = {**_FLOAT_DTYPES, "BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "I32": 4, "I64": 8}
+T = TypeVar("T")
+R = TypeVar("R")
 _UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 _LAYER = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _PROJ = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.")
@@ -85,11 +87,16 @@ def read_header(file: Path) -> dict[str, TensorRef]:
         size = file.stat().st_size
     except (OSError, ValueError, struct.error) as exc:
         raise CheckpointError(f"{file}: not a safetensors file ({exc})") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt header: {type(header).__name__}, not an object")
     base = 8 + n
     out = {}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
+        problem = _meta_problem(meta)
+        if problem:
+            raise CheckpointError(f"{file}: corrupt header: tensor {name} {problem}")
         s, e = meta["data_offsets"]
         if base + e > size:
             raise CheckpointError(f"{file}: tensor {name} runs past the end (truncated file?)")
@@ -103,6 +110,30 @@ def read_header(file: Path) -> dict[str, TensorRef]:
     return out
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _meta_problem(meta: object) -> str | None:
+    """What makes one tensor's header entry unusable (None: it is a dtype, a shape and a byte
+    range), so a damaged header is a :class:`CheckpointError`, never a KeyError."""
+    if not isinstance(meta, dict):
+        return f"is {type(meta).__name__}, not an object"
+    if not isinstance(meta.get("dtype"), str):
+        return "has no dtype"
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return f"has shape {shape!r}, not a list of sizes"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        return f"has data_offsets {offsets!r}, not [start, end]"
+    return None
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """Open an HF model dir (single or sharded safetensors), a veRL actor dir, or one file."""
     path = Path(path)
@@ -114,7 +145,11 @@ def open_checkpoint(path: Path) -> Checkpoint:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
+                if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) for v in weight_map.values()
+                ):
+                    raise ValueError("weight_map is not an object of file names")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{index}: unreadable index ({exc})") from exc
             tensors: dict[str, TensorRef] = {}
             for shard in sorted(set(weight_map.values())):
@@ -253,6 +288,38 @@ def _widen(raw: memoryview, dtype: str, ws: _Workspace, side: int, n: int) -> np
         out, np.frombuffer(raw, {"F16": np.float16, "F32": np.float32}.get(dtype, np.float64))
     )
     return out
+
+
+def decode_float32(raw: memoryview, dtype: str, out: np.ndarray) -> np.ndarray:
+    """Stored little-endian values as float32: float32 as a view of ``raw``, bf16 widened by a
+    16-bit shift into ``out``, f16/f64 converted into ``out``."""
+    n = len(raw) // _FLOAT_DTYPES[dtype]
+    if dtype == "F32":
+        return np.frombuffer(raw, np.float32)
+    if dtype == "BF16":
+        u = out[:n].view(np.uint32)
+        np.left_shift(np.frombuffer(raw, np.uint16), 16, out=u, dtype=np.uint32)
+        return u.view(np.float32)
+    stored = np.frombuffer(raw, {"F16": np.float16, "F64": np.float64}[dtype])
+    np.copyto(out[:n], stored, casting="same_kind")
+    return out[:n]
+
+
+def read_float32(ref: TensorRef) -> np.ndarray:
+    """A whole stored tensor as a float32 array, read ``CHUNK_ELEMS`` at a time: no memory map
+    holding the file's pages, no second copy in the stored type."""
+    out = np.empty(ref.numel, np.float32)
+    width = _FLOAT_DTYPES[ref.dtype]
+    raw = bytearray(CHUNK_ELEMS * width)
+    fd = os.open(ref.file, os.O_RDONLY)
+    try:
+        for lo in range(0, ref.numel, CHUNK_ELEMS):
+            hi = min(ref.numel, lo + CHUNK_ELEMS)
+            view = _read_into(fd, raw, ref.start + lo * width, (hi - lo) * width)
+            out[lo:hi] = decode_float32(view, ref.dtype, out[lo:hi])
+    finally:
+        os.close(fd)
+    return out.reshape(ref.shape)
 
 
 BF16_REL_EXACT = 2.0**-9
@@ -446,8 +513,13 @@ def diff_checkpoints(
                 pairs.append((a, b))
         stats = {a.name: TensorStats() for a, _ in pairs}
         workers = workers or min(4, os.cpu_count() or 1)
+
+        def run(task: tuple[int, int, int]) -> tuple[int, TensorStats]:
+            i, lo, hi = task
+            return i, _chunk_stats(fds, *pairs[i], lo, hi, atol, eta)
+
         with ThreadPoolExecutor(workers) as pool:
-            for i, st in _bounded_map(pool, pairs, fds, chunk, atol, eta, workers):
+            for i, st in bounded_map(pool, run, _work(pairs, chunk), 2 * workers):
                 stats[pairs[i][0].name].add(st)
     finally:
         for fd in fds.values():
@@ -458,25 +530,18 @@ def diff_checkpoints(
     return WeightDiff(Path(path_a), Path(path_b), stats, dtypes, skipped, warnings)
 
 
-def _bounded_map(
-    pool: ThreadPoolExecutor,
-    pairs: list[tuple[TensorRef, TensorRef]],
-    fds: dict[Path, int],
-    chunk: int,
-    atol: float,
-    eta: float,
-    workers: int,
-) -> Iterator[tuple[int, TensorStats]]:
-    """Chunks in order with at most ``2*workers`` in flight, so buffers never pile up."""
-    pending: deque[tuple[int, Future[TensorStats]]] = deque()
-    for i, lo, hi in _work(pairs, chunk):
-        pending.append((i, pool.submit(_chunk_stats, fds, *pairs[i], lo, hi, atol, eta)))
-        if len(pending) >= 2 * workers:
-            j, fut = pending.popleft()
-            yield j, fut.result()
+def bounded_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], tasks: Iterable[T], in_flight: int
+) -> Iterator[R]:
+    """``fn`` over ``tasks`` in ``pool``, results in task order, with at most ``in_flight``
+    submitted and not yet consumed: each holds chunk buffers, which must not pile up."""
+    pending: deque[Future[R]] = deque()
+    for task in tasks:
+        pending.append(pool.submit(fn, task))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
     while pending:
-        j, fut = pending.popleft()
-        yield j, fut.result()
+        yield pending.popleft().result()
 
 
 def _param_order(name: str) -> tuple[int, str]:

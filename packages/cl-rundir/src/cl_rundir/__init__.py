@@ -10,6 +10,7 @@ writes it, and cl-eval, which reads it (neither depends on the other).
 
 from cl_rundir.layout import PROJECT, RUN_JSON, Stage, stage_name
 from cl_rundir.record import (
+    CURRICULA,
     RecordError,
     RemedyRecord,
     RunRecord,
@@ -19,6 +20,7 @@ from cl_rundir.record import (
 )
 
 __all__ = [
+    "CURRICULA",
     "PROJECT",
     "RUN_JSON",
     "RecordError",

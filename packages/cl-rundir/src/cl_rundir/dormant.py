@@ -9,10 +9,57 @@ importing this module does not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+
+class UnitSums:
+    """Σ |act(gate(x)) * up(x)| per MLP unit over the positions ``select`` chose (float64 sums),
+    from pre-hooks on every layer's down projection, removed on exit: a caller's own forward pass
+    (cl-eval's teacher-forced solutions) yields the scores without a pass of its own."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        self.layers = model.model.layers
+        self.sums = [
+            torch.zeros(m.mlp.down_proj.in_features, dtype=torch.float64) for m in self.layers
+        ]
+        self.count = 0
+        self.mask: Any = None
+        self.handles: list[Any] = []
+
+    def _hook(self, i: int) -> Callable[[Any, tuple], None]:
+        def pre(_module: Any, args: tuple) -> None:
+            import torch
+
+            self.sums[i] += torch.sum(
+                args[0].abs() * self.mask[..., None], (0, 1), dtype=torch.float64
+            )
+
+        return pre
+
+    def __enter__(self) -> UnitSums:
+        self.handles = [
+            m.mlp.down_proj.register_forward_pre_hook(self._hook(i))
+            for i, m in enumerate(self.layers)
+        ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def select(self, mask: Any) -> None:
+        """The positions (batch × sequence, 0/1) the next forward pass counts."""
+        self.mask = mask.float()
+        self.count += int(mask.sum())
+
+    def means(self) -> list[np.ndarray]:
+        """Per layer, every unit's score: its mean |activation| over the selected positions."""
+        return [(s / max(self.count, 1)).numpy() for s in self.sums]
 
 
 def unit_scores(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[list[np.ndarray], Any]:
@@ -20,40 +67,20 @@ def unit_scores(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[list[
     final hidden state at each prompt's last token (samples × hidden)."""
     import torch
 
-    layers = model.model.layers
-    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
-    count = 0
-    mask_holder: dict[str, torch.Tensor] = {}
-
-    def hook(i: int) -> Any:
-        def pre(_module: Any, args: tuple) -> None:
-            h = args[0].abs().double() * mask_holder["m"][..., None]
-            sums[i] += h.sum(dim=(0, 1))
-
-        return pre
-
-    handles = [
-        layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)
-    ]
     finals = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(texts), 16):
-                enc = tokenizer(
-                    list(texts[start : start + 16]),
-                    add_special_tokens=False,
-                    padding=True,
-                    padding_side="left",
-                    return_tensors="pt",
-                )
-                mask_holder["m"] = enc["attention_mask"].double()
-                count += int(enc["attention_mask"].sum())
-                out = model(**enc, output_hidden_states=True)
-                finals.append(out.hidden_states[-1][:, -1].double())
-    finally:
-        for h in handles:
-            h.remove()
-    return [(s / max(count, 1)).numpy() for s in sums], torch.cat(finals).numpy()
+    with torch.no_grad(), UnitSums(model) as units:
+        for start in range(0, len(texts), 16):
+            enc = tokenizer(
+                list(texts[start : start + 16]),
+                add_special_tokens=False,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
+            units.select(enc["attention_mask"])
+            out = model.model(**enc)  # no output layer: its logits would be batch × vocab
+            finals.append(out.last_hidden_state[:, -1].double())
+    return units.means(), torch.cat(finals).numpy()
 
 
 def dormant_mask(scores: np.ndarray, tau: float) -> np.ndarray:

@@ -106,6 +106,12 @@ class Stage:
         return f"replay/{self.name}/train.parquet"
 
     @property
+    def joint_file(self) -> str:
+        """The stage's training file in a joint curriculum (``record.CURRICULA``): an equal
+        mixture of every group's training puzzles, as many as the stage's own group has."""
+        return f"joint/{self.name}/train.parquet"
+
+    @property
     def hydra_dir(self) -> str:
         """Hydra's run directory for the stage process (its ``.hydra/`` config record)."""
         return f"hydra/{self.name}"

@@ -22,6 +22,11 @@ from cl_rundir.layout import RUN_JSON, Stage, stage_name
 
 SCHEMA_VERSION = 1
 
+CURRICULA = ("sequential", "joint")
+"""How a run's stages draw their training data: ``sequential``, each stage its own group (the
+continual curriculum); ``joint``, every stage an equal mixture of all groups (the multi-task upper
+bound, same stages and steps, so it sits beside a sequential run stage for stage)."""
+
 
 class RecordError(ValueError):
     """A run.json that is not a run record: what is wrong with it, in one line."""
@@ -105,7 +110,13 @@ class RunRecord:
     versions: dict[str, str | None] = field(default_factory=dict)
     base_model: str | None = None
     groups: list[str] = field(default_factory=list)
+    curriculum: str = CURRICULA[0]
+    """One of :data:`CURRICULA`; a file written before the field existed was ``sequential``."""
     config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict, metadata={"omit_empty": True})
+    """The data files the run was started on, with their sha256 (the data set's manifest): a
+    resume on other data is refused. Left out of the file while empty, so a run.json from before
+    this key reads and writes back byte for byte."""
     cpu_overlay: dict[str, Any] | None = None
     """``{overrides, env}`` added to every stage of veRL's trainer on the CPU."""
     stages: list[StageRecord] = field(default_factory=list)
@@ -122,8 +133,19 @@ class RunRecord:
         value = self.config.get("val_max_samples")
         return value if isinstance(value, int) and value > 0 else None
 
+    @property
+    def seed(self) -> int | None:
+        """The run's seed (data order, sampling, init): runs of two conditions with the same seed
+        are paired."""
+        value = self.config.get("seed")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+        obj = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("omit_empty") and not obj[f.name]:
+                del obj[f.name]
+        return json.dumps(obj, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, obj: Any) -> RunRecord:
@@ -137,7 +159,12 @@ class RunRecord:
         stages = [
             {"index": i, **s} if isinstance(s, dict) else s for i, s in enumerate(obj["stages"])
         ]
-        return _build(cls, {**obj, "stages": stages}, "")
+        record = _build(cls, {**obj, "stages": stages}, "")
+        if record.curriculum not in CURRICULA:
+            raise RecordError(
+                f"curriculum is {record.curriculum!r}, not one of {', '.join(CURRICULA)}"
+            )
+        return record
 
 
 def _build(cls: type, obj: dict[str, Any], where: str) -> Any:

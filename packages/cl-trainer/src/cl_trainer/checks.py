@@ -26,7 +26,7 @@ from cl_trainer.resources import (
 )
 from cl_trainer.sizing import disk_needed, model_params, run_size
 from cl_trainer.stages import stage_plan
-from countdown_data.dataset import split_path
+from countdown_data.dataset import DataError, read_manifest, split_path
 
 ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
 
@@ -74,6 +74,12 @@ def gpu_count() -> int:
 
 def check_data(cfg: TrainerConfig) -> None:
     hint = "uv run " + DATA_COMMANDS.get(cfg.size, "countdown-data gen")
+    try:
+        read_manifest(Path(cfg.data_dir))
+    except FileNotFoundError:
+        pass  # parquet files made otherwise: the files alone are checked
+    except DataError as exc:
+        raise UsageError(f"data damaged: {exc}") from None
     for group in cfg.groups:
         for split in ("train", "test"):
             path = split_path(Path(cfg.data_dir), group, split)

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from cl_rundir.oserrors import OneLineOSErrors
 from cl_trainer.checks import emitted_config, human_bytes, preflight
 from cl_trainer.config import (
     SETTING_TYPES,
@@ -48,8 +49,9 @@ from countdown_data.groups import check_group
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-class DefaultRunGroup(click.Group):
-    """A group whose first word may be omitted: anything that is not a command means ``run``."""
+class DefaultRunGroup(OneLineOSErrors, click.Group):
+    """A group whose first word may be omitted: anything that is not a command means ``run``;
+    a failed read or write ends in one ``Error:`` line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
@@ -344,6 +346,11 @@ def plan(as_json: bool, **params: Any) -> None:
         f"# {data['name']}: {plural(len(data['stages']), 'stage')}, backend {cfg['backend']}, "
         f"algo {cfg['algo']}, run dir {data['run_dir']}"
     )
+    if cfg["curriculum"] == "joint":
+        click.echo(
+            "# joint curriculum: every stage trains on an equal mixture of all groups (its "
+            "training file is built in the run directory when the stage starts)"
+        )
     for line in size_lines(data):
         click.echo(line)
     click.echo("# resolved configuration:")

@@ -10,6 +10,7 @@ user's options, then computes the few derived values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cl_rundir.layout import BASE_MODEL_DIR, PROJECT
-from cl_trainer.errors import TrainerError
+from cl_rundir.record import CURRICULA
+from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
-from cl_trainer.remedies import REMEDIES, Remedy, parse, parse_all
+from cl_trainer.remedies import REMEDIES, Remedy, acting_on, parse, parse_all
 from countdown_data.dataset import DEFAULT_DATA_DIR
 from countdown_data.groups import GROUPS, check_group
 
@@ -57,6 +59,8 @@ def setting(
     return field(default=default, metadata=meta)
 
 
+REFERENCES = ("stage", "base")
+"""What ``reference`` may name: the KL penalty's anchor."""
 ACTOR = "actor_rollout_ref.actor"
 ROLLOUT = "actor_rollout_ref.rollout"
 
@@ -90,6 +94,13 @@ class TrainerConfig:
         minimum=1,
     )
     groups: list[str] = setting(GROUPS, "Comma-separated groups in curriculum order.")
+    curriculum: str = setting(
+        CURRICULA[0],
+        "sequential: each stage trains on its own group (the continual curriculum); joint: every "
+        "stage trains on an equal mixture of all groups, with the same stages, names and steps "
+        "(the multi-task upper bound to set beside a sequential run in `cl-eval compare`).",
+        choices=CURRICULA,
+    )
     data_dir: str = setting(str(DEFAULT_DATA_DIR), "Output of `countdown-data gen`.")
     out: str | None = setting(None, "Run directory [runs/<size>].", compared=False)
     model: str = setting(
@@ -147,6 +158,12 @@ class TrainerConfig:
         "Validation puzzles, drawn at random over all groups' test splits (-1: all of them).",
         verl=("data.val_max_samples",),
     )
+    val_samples: int = setting(
+        1,
+        "Validation answers per puzzle: 1 is greedy decoding (pass@1); n > 1 samples n at the "
+        "rollout temperature (veRL's val_kwargs), for pass@k up to k = n.",
+        minimum=1,
+    )
     actor_lr: float = setting(1e-6, "Actor learning rate.", verl=(f"{ACTOR}.optim.lr",))
     critic_lr: float = setting(1e-5, "Critic learning rate (PPO).", verl=("critic.optim.lr",))
     entropy_coeff: float = setting(
@@ -162,6 +179,12 @@ class TrainerConfig:
         "PPO critic at each stage's start: a fresh value head on the stage's starting actor "
         "(actor, as the original experiments) or the previous stage's critic (chain).",
         choices=("actor", "chain"),
+    )
+    reference: str = setting(
+        "stage",
+        "The KL penalty's reference policy: each stage's starting model (stage, veRL's way) or "
+        "the base model in every stage (base: the anchor against forgetting).",
+        choices=REFERENCES,
     )
     between_stages: list[Remedy] = setting(
         (),
@@ -255,6 +278,11 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
     if unknown:
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
     given = {k: v for k, v in given.items() if v is not None}
+    for f in SETTINGS:  # NaN and infinity pass every range check, and train nothing
+        value = given.get(f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+            raise UsageError(f"{flag} {value}: give a finite number")
     values = {f.name: preset_value(size, f.name) for f in SETTINGS} | given
     values["size"] = size
     if values["backend"] == "local" or values["device"] == "cpu":
@@ -279,6 +307,11 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
     except ValueError as exc:
         raise TrainerError(str(exc)) from None
     values["between_stages"] = parse_all(list(values["between_stages"]))
+    if values["curriculum"] == "joint" and (data := acting_on(values["between_stages"], "data")):
+        raise UsageError(
+            f"--between-stages {data[0].spec} rewrites a stage's data, but --curriculum joint "
+            "already mixes every group into every stage; drop it or use --curriculum sequential"
+        )
     out = Path(values["out"]) if values["out"] is not None else default_out(size)
     values["out"] = str(out.expanduser().resolve())
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())

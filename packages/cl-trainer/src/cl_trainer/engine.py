@@ -27,14 +27,16 @@ from typing import Any, Protocol
 
 from cl_rundir.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
 from cl_rundir.layout import RUN_JSON, Stage
+from cl_rundir.oserrors import describe, is_disk_full
 from cl_rundir.record import RemedyRecord, RunRecord, StageRecord, now, write_record
 from cl_trainer import checkpoints, rollouts
 from cl_trainer.checks import check_disk
 from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
 from cl_trainer.errors import TrainerError
+from cl_trainer.joint import write_joint_file
 from cl_trainer.overrides import data_template, replayed_groups
 from cl_trainer.presets import TINY_MODEL_SENTINEL
-from cl_trainer.record import config_diff, new_record, read_run
+from cl_trainer.record import config_diff, data_diff, new_record, read_run
 from cl_trainer.remedies import REDO_PROBE_PROMPTS, DataInputs, acting_on, apply_weight_remedies
 from cl_trainer.stages import StagePlan, stage_plan
 from cl_trainer.tracking import wandb_env
@@ -52,6 +54,12 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 LOCK_FILE = ".cl-trainer.lock"
+RESERVE_FILE = ".cl-trainer.reserve"
+RESERVE_BYTES = 1 << 20
+"""Disk space the engine holds while it runs, and gives up when a disk fills: room for run.json's
+last write (the stage's state and why it stopped)."""
+DISK_FULL_MARKS = ("No space left on device", "[Errno 28]", "Disk quota exceeded", "[Errno 122]")
+"""How a stage's output says that it ran out of disk."""
 STOP_GRACE_S = {signal.SIGINT: 10.0, signal.SIGTERM: 5.0, signal.SIGHUP: 5.0}
 """How long a stage's process group gets to exit after the signal we received, before SIGKILL."""
 
@@ -113,27 +121,77 @@ class RunLock:
             holder = _read_holder(fd)
             os.close(fd)
             raise TrainerError(
-                f"{self.path.parent} is in use by another cl-trainer ({holder}); wait for it to "
-                "finish or stop it, then rerun"
+                f"{self.path.parent} is in use by another cl-trainer{holder}, then rerun"
             ) from None
-        os.ftruncate(fd, 0)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self.fd = fd
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+        self._write_info()
+        self._reserve()
         return self
+
+    def _write_info(self) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, (json.dumps(self.info) + "\n").encode(), 0)
+
+    def stage_started(self, name: str, pid: int) -> None:
+        """The stage process shares the lock: a refusal names it when it outlives this engine."""
+        self.info |= {"stage": name, "stage_pid": pid}
+        self._write_info()
+
+    def _reserve(self) -> None:
+        """Hold :data:`RESERVE_BYTES` of real disk blocks (none where the filesystem cannot)."""
+        path = self.path.parent / RESERVE_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            path.unlink(missing_ok=True)
+
+    def free_reserve(self) -> bool:
+        """Give the reserved space back to the disk; True when there was some."""
+        path = self.path.parent / RESERVE_FILE
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        return True
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            self.free_reserve()
             os.close(self.fd)
             self.fd = None
 
 
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, TypeError):
+        return True  # another user's process, or a pid we cannot check: assume it runs
+    return True
+
+
 def _read_holder(fd: int) -> str:
+    """`` (pid N on HOST since T); wait for it to finish or stop it``, naming the process that
+    holds the lock now: the stage process when its engine is gone (killed -9)."""
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+        pid, host, since = info["pid"], info["host"], info["since"]
     except (OSError, ValueError, KeyError, TypeError):
-        return "holder unknown"
+        return " (holder unknown); wait for it to finish or stop it"
+    stage_pid = info.get("stage_pid")
+    if host == socket.gethostname() and stage_pid and not _alive(pid) and _alive(stage_pid):
+        return (
+            f": its stage {info.get('stage')} (pid {stage_pid} on {host}) outlived its engine "
+            f"(pid {pid}, since {since}); stop it with `kill -- -{stage_pid}`"
+        )
+    return f" (pid {pid} on {host} since {since}); wait for it to finish or stop it"
 
 
 def link_model_dir(src: Path, dst: Path, *, fallback: str) -> str:
@@ -193,11 +251,14 @@ def run_teed(
     *,
     cwd: Path,
     keep_fds: tuple[int, ...] = (),
+    lock: RunLock | None = None,
+    name: str = "",
 ) -> int:
     """Run ``argv`` in ``cwd``; every output line goes to ``log_path`` (appended) and ``reporter``.
 
     The child gets its own process group so a stop reaches it and everything it spawned (Ray,
-    vLLM workers); on any exception here (Ctrl-C, :class:`Stopped`) the group is stopped first.
+    vLLM workers); on any exception here (Ctrl-C, :class:`Stopped`, a log write that fails) the
+    group is stopped first.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -212,33 +273,47 @@ def run_teed(
             pass_fds=keep_fds,
         )
         try:
+            if lock is not None:
+                lock.stage_started(name, proc.pid)
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
                 log.write(raw)
                 log.flush()
                 reporter.output(raw.decode(errors="replace").rstrip("\n"))
             return proc.wait()
-        except Stopped as stop:
-            stop_group(proc, signal.Signals(stop.signum))
-            raise
-        except BaseException:
-            stop_group(proc, signal.SIGINT)
+        except BaseException as exc:
+            first = signal.Signals(exc.signum) if isinstance(exc, Stopped) else signal.SIGINT
+            grace = STOP_GRACE_S.get(first, 5.0)
+            reporter.note(
+                f"stopping the stage ({first.name}; SIGKILL in {grace:.0f} s; Ctrl-C again: now)"
+            )
+            stop_group(proc, first)
             raise
 
 
 def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
     """Send ``first`` to the child's process group, then SIGKILL after a bounded grace period;
-    returns once the child is gone (its group's stragglers are killed with it)."""
-    for sig, wait in ((first, STOP_GRACE_S.get(first, 5.0)), (signal.SIGKILL, 5.0)):
+    returns once the child is gone (its group's stragglers are killed with it).
+
+    Another Ctrl-C or signal meanwhile hastens the stop (SIGKILL at once), never abandons it: an
+    engine that left here early would leave the stage running and holding the run's lock."""
+    sig, wait = first, STOP_GRACE_S.get(first, 5.0)
+    while True:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             proc.wait(timeout=wait)
-            if sig != signal.SIGKILL:
-                # The leader exited; its children may not have: they go with the group.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+        except subprocess.TimeoutExpired:
+            if sig == signal.SIGKILL:
+                return  # unkillable (uninterruptible I/O): nothing more a signal can do
+        except (KeyboardInterrupt, Stopped):
+            pass
+        else:
+            # The leader exited; its children may not have: they go with the group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             return
+        sig, wait = signal.SIGKILL, 5.0
 
 
 def hub_snapshot(model: str) -> Path:
@@ -287,6 +362,14 @@ class Engine:
                     + "); rerun with the same options, pass --force to continue anyway, "
                     "or pass a new --out"
                 )
+            changed = data_diff(old.data, fresh.data)
+            if changed and not self.force:
+                raise TrainerError(
+                    f"the data in {self.cfg.data_dir} is not what {self.run_dir} was started on "
+                    f"({'; '.join(changed)}); pass a new --out to start a new run on it, "
+                    "regenerate the run's data set (same options and seed) to resume, or pass "
+                    "--force to continue on this data"
+                )
             # Keep what finished; a changed plan (e.g. more rounds) gets fresh pending stages.
             kept = {s.name: s for s in old.stages}
             for i, rec in enumerate(fresh.stages):
@@ -299,7 +382,42 @@ class Engine:
         self._save()
 
     def _save(self) -> None:
-        write_record(self.run_dir, self.record)
+        """Write run.json. When the disk is full, the reserve is given back and the stages' error
+        tails are cut to their last line, so the state gets recorded whenever anything can be;
+        then, or when nothing can, a one-line error (run.json is never half-written)."""
+        try:
+            write_record(self.run_dir, self.record)
+            return
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            full = exc
+        if self.lock is not None:
+            self.lock.free_reserve()
+        for shorten in (False, True):
+            if shorten:
+                for rec in self.record.stages:
+                    lines = (rec.error_tail or "").strip().splitlines()
+                    rec.error_tail = lines[-1] + "\n" if lines else rec.error_tail
+            try:
+                write_record(self.run_dir, self.record)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                continue
+            raise TrainerError(
+                f"{describe(full, 'writing run.json')}; {self._state()} is recorded in "
+                f"{self.run_dir / RUN_JSON}, rerun the same command to resume"
+            )
+        raise TrainerError(
+            f"{describe(full, 'writing run.json')}; {self.run_dir / RUN_JSON} keeps its previous "
+            "state, rerun the same command to resume"
+        )
+
+    def _state(self) -> str:
+        """``R1_plus failed``: the latest stage that is not pending, and its status."""
+        started = [s for s in self.record.stages if s.status != "pending"]
+        return f"{started[-1].name} {started[-1].status}" if started else "the run's plan"
 
     def _stage_record(self, stage: Stage) -> StageRecord:
         return self.record.stages[stage.index]
@@ -348,6 +466,8 @@ class Engine:
                 )
         else:
             link_model_dir(source, initial, fallback="symlink")
+        if cfg.curriculum == "joint":
+            write_joint_file(cfg, stage)  # again on a resume: cheap, and the same file
         self._apply_data_remedies(stage, rec)
         self._save()
         return source
@@ -479,7 +599,13 @@ class Engine:
                 self.reporter,
                 cwd=self.run_dir,
                 keep_fds=(self.lock.fd,) if self.lock and self.lock.fd is not None else (),
+                lock=self.lock,
+                name=stage.name,
             )
+        except OSError as exc:  # its log could not be written: the stage was stopped
+            reason = describe(exc, f"writing {log_path}")
+            self._finish(stage, t0, status="failed", exit_code=1, error_tail=reason + "\n")
+            raise TrainerError(f"[{stage.name}] failed: {reason}") from None
         except (KeyboardInterrupt, Stopped) as exc:
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
             self._finish(
@@ -492,7 +618,13 @@ class Engine:
             )
             raise
         if code != 0:
-            self._finish(stage, t0, status="failed", exit_code=code, error_tail=tail(log_path))
+            error_tail = tail(log_path)
+            self._finish(stage, t0, status="failed", exit_code=code, error_tail=error_tail)
+            if any(mark in error_tail for mark in DISK_FULL_MARKS):
+                raise TrainerError(
+                    f"[{stage.name}] failed: no space left on device (see {log_path}); free "
+                    "space, then rerun the same command to resume"
+                )
             return code
         step = checkpoints.latest_export(ckpt)
         if step is None:
@@ -505,14 +637,22 @@ class Engine:
                 " (is trainer.save_freq > 0 and checkpoint.save_contents with hf_model?)\n",
             )
             return 1
-        self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
-        # Compacted before the stage is recorded done: a stop in between reruns the compaction
-        # (it loses nothing when cut short), where a done stage would keep its raw dumps.
-        rollouts.compact(
-            self.run_dir / stage.rollout_dir,
-            self.run_dir / stage.rollouts,
-            keep_text=self.cfg.keep_rollout_text,
-        )
+        doing = f"exporting {stage.final_model}"
+        try:
+            self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
+            # Compacted before the stage is recorded done: a stop in between reruns the
+            # compaction (it loses nothing when cut short), where a done stage would keep its
+            # raw dumps.
+            doing = f"compacting the training samples into {stage.rollouts}"
+            rollouts.compact(
+                self.run_dir / stage.rollout_dir,
+                self.run_dir / stage.rollouts,
+                keep_text=self.cfg.keep_rollout_text,
+            )
+        except (OSError, TrainerError) as exc:
+            reason = describe(exc, doing) if isinstance(exc, OSError) else str(exc)
+            self._finish(stage, t0, status="failed", exit_code=1, error_tail=reason + "\n")
+            raise TrainerError(f"[{stage.name}] failed: {reason}") from None
         # Recorded done before anything is deleted: a stop in between leaves extra checkpoints
         # (pruned at the next start), never a done stage's exports without a way back.
         self._finish(stage, t0, status="done", exit_code=0, global_steps=step)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_rundir.layout import PROJECT, Stage
-from cl_trainer.config import SETTINGS, TrainerConfig
+from cl_trainer.config import ROLLOUT, SETTINGS, TrainerConfig
 from cl_trainer.remedies import acting_on
 from cl_trainer.sizing import stage_steps
 from countdown_data.dataset import read_manifest, split_path
@@ -100,7 +100,10 @@ def replayed_groups(cfg: TrainerConfig, stage: Stage) -> list[str]:
 
 
 def train_file(cfg: TrainerConfig, stage: Stage) -> Path:
-    """The stage's group's training split, or its replay mix (built by the engine)."""
+    """The stage's group's training split, or its replay mix or joint mixture (both built by the
+    engine)."""
+    if cfg.curriculum == "joint":
+        return cfg.run_dir / stage.joint_file
     if replayed_groups(cfg, stage):
         return cfg.run_dir / stage.replay_file
     return split_path(Path(cfg.data_dir), stage.group, "train")
@@ -154,6 +157,14 @@ def stage_overrides(
         # Never more than the stage's epochs hold: with more, veRL's loop ends on the epoch count
         # before its last step, so the stage's final checkpoint and validation would be missing.
         ov.append(f"trainer.total_training_steps={stage_steps(cfg, stage.group)}")
+    if cfg.val_samples > 1:
+        # veRL validates greedily (val_kwargs.temperature 0); n answers per puzzle are sampled at
+        # the rollout's temperature, whatever an override makes it.
+        ov += [
+            f"{ROLLOUT}.val_kwargs.n={cfg.val_samples}",
+            f"{ROLLOUT}.val_kwargs.do_sample=True",
+            f"{ROLLOUT}.val_kwargs.temperature=${{{ROLLOUT}.temperature}}",
+        ]
     if data_template(cfg.data_dir) in COMPLETION_TEMPLATES:
         ov.append(
             "actor_rollout_ref.model.custom_chat_template=" + hydra_str(PASS_THROUGH_CHAT_TEMPLATE)

@@ -1,6 +1,7 @@
 """Model-size presets as data: each lists only the settings (``cl_trainer.config``) that differ
 from the defaults, which are the original experiments' 0.5b settings. ``tiny`` is the README's
-CPU demo, ``testbed`` the CPU curriculum in which every group is learned."""
+CPU demo (one round), ``testbed`` the CPU curriculum in which every group is learned (the
+original's 3 rounds)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ _BUILT_LOCALLY: dict[str, Any] = {
     "algo": "grpo",
     "max_prompt_length": 96,
     "max_response_length": 48,
-    "rounds": 1,
     "epochs": 1,
     "rollout_n": 8,
     # Validation at the end only, veRL's default way: greedy, on every test puzzle the data has
@@ -40,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "tiny": {
         **_BUILT_LOCALLY,
+        "rounds": 1,  # a demo of minutes
         "train_batch_size": 8,
         "ppo_mini_batch_size": 8,
         "save_freq": 12,
@@ -50,6 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "testbed": {
         **_BUILT_LOCALLY,
+        # 3 rounds (12 stages), the original design: does a return to a group gain less?
         # 32 prompts x 8 rollouts per step in 4 updates of 8 prompts: with 8 prompts per step no
         # group but plus moved within a stage.
         "train_batch_size": 32,

@@ -11,9 +11,11 @@ from typing import Any
 from cl_rundir.layout import RUN_JSON, Stage
 from cl_rundir.record import RecordError, RunRecord, StageRecord, now, read_record
 from cl_trainer.config import NOT_COMPARED, SETTINGS, TrainerConfig, default_of
-from cl_trainer.errors import TrainerError
+from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.stages import uses_cpu_overlay
 from cl_trainer.verl_cpu import cpu_overlay
+from countdown_data.dataset import DataError, read_manifest, split_file
+from countdown_data.generate import SPLITS
 
 
 def _version(dist: str) -> str | None:
@@ -49,7 +51,9 @@ def new_record(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> RunR
         versions=versions(),
         base_model=base_model,
         groups=list(cfg.groups),
+        curriculum=cfg.curriculum,
         config=cfg.to_dict(),
+        data=data_checksums(cfg),
         cpu_overlay=(
             dict(zip(("overrides", "env"), cpu_overlay(cfg), strict=True))
             if uses_cpu_overlay(cfg)
@@ -57,6 +61,32 @@ def new_record(cfg: TrainerConfig, stages: list[Stage], base_model: str) -> RunR
         ),
         stages=[StageRecord.planned(s) for s in stages],
     )
+
+
+def data_checksums(cfg: TrainerConfig) -> dict[str, str]:
+    """The run's data files (its groups' splits) with their sha256 from the data set's manifest;
+    empty for a data directory without one (not made by ``countdown-data gen``)."""
+    try:
+        manifest = read_manifest(Path(cfg.data_dir))
+    except FileNotFoundError:
+        return {}
+    except DataError as exc:
+        raise UsageError(f"data damaged: {exc}") from None
+    files = manifest["files"]
+    rels = [split_file(g, s) for g in cfg.groups for s in SPLITS]
+    return {rel: str(files.get(rel, {}).get("sha256")) for rel in rels}
+
+
+def data_diff(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    """``plus/train.parquet changed`` for every file of the run whose checksum differs from the
+    one it was started on (nothing to compare for a run.json from before it recorded them)."""
+    if not old or not new:
+        return []
+    return [
+        f"{rel} {'changed' if rel in old and rel in new else 'is new' if rel in new else 'is gone'}"
+        for rel in sorted(set(old) | set(new))
+        if old.get(rel) != new.get(rel)
+    ]
 
 
 def read_run(run_dir: Path) -> RunRecord | None:

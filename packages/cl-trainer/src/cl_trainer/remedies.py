@@ -5,9 +5,12 @@ name, its parameters with their defaults and bounds, what it acts on, and its fu
 ``--between-stages`` spec ``name[:key=value,...]`` (repeatable) is parsed once, when the
 configuration is resolved, into a :class:`Remedy`.
 
-- ``shrink-perturb:lambda=0.8,sigma=0.01[,toward=base]`` (Ash & Adams 2020): θ ← λθ + σε, ε a
-  fresh initialisation of the same architecture; with ``toward=base``, θ ← λθ + (1−λ)θ_base + σε,
-  shrinking toward the curriculum's base model rather than toward zero.
+- ``shrink-perturb:lambda=0.8,sigma=0.01[,toward=base][,include_1d=yes]`` (Ash & Adams 2020):
+  θ ← λθ + σε, ε a fresh initialisation of the same architecture; with ``toward=base``,
+  θ ← λθ + (1−λ)θ_base + σε, shrinking toward the curriculum's base model rather than toward zero.
+  Only matrices by default: a 1-D parameter (an RMSNorm gain initialised to 1, a bias initialised
+  to 0) would not be perturbed but deterministically rescaled (a gain g becomes 0.8 g + 0.01),
+  shrinking every layer's output scale; ``include_1d=yes`` transforms them too.
 - ``redo:tau=0.025`` (Sokar et al. 2023): MLP units that are τ-dormant on a probe batch of the
   next group's prompts get fresh incoming weights (their rows of gate and up) and zero outgoing
   weights (their column of down), so the network's function is unchanged at the reset.
@@ -160,6 +163,8 @@ def parse(spec: str) -> Remedy:
             params[key] = float(raw)
         except ValueError:
             raise UsageError(f"--between-stages {spec!r}: {key} must be a number") from None
+        if not math.isfinite(params[key]):  # nan passes no comparison, inf passes an open bound
+            raise UsageError(f"--between-stages {spec!r}: {key} must be a finite number")
     for key, p in decl.params.items():
         why = p.check(key, params[key])
         if why is not None:
@@ -235,10 +240,19 @@ def _fresh_init(model: Any, seed: int) -> dict[str, Any]:
         "toward": Param(
             "init", choices={"init": "θ ← λθ + σε", "base": "shrink toward the base model"}
         ),
+        "include_1d": Param(
+            "no",
+            choices={
+                "no": "norm gains and biases keep their values",
+                "yes": "norm gains and biases are shrunk and perturbed too",
+            },
+        ),
     },
 )
-def shrink_perturb(model: Any, params: Params, inputs: WeightInputs) -> dict[str, float]:
-    """θ ← λθ + σε, or λθ + (1−λ)θ_base + σε; returns the relative change of all weights."""
+def shrink_perturb(model: Any, params: Params, inputs: WeightInputs) -> dict[str, float | int]:
+    """θ ← λθ + σε, or λθ + (1−λ)θ_base + σε, for every parameter of two or more dimensions (and
+    the 1-D ones with ``include_1d=yes``); returns the relative change of all weights and how many
+    parameter tensors it left untouched."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -249,15 +263,19 @@ def shrink_perturb(model: Any, params: Params, inputs: WeightInputs) -> dict[str
         base = AutoModelForCausalLM.from_pretrained(inputs.base, dtype=torch.float32)
         anchor = dict(base.named_parameters())
     moved = total = 0.0
+    kept = 0
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied weights appear once
+            total += float(p.double().pow(2).sum())
+            if p.dim() < 2 and params["include_1d"] != "yes":
+                kept += 1
+                continue
             new = lam * p + sigma * eps[name]
             if anchor is not None:
                 new += (1 - lam) * anchor[name]
             moved += float((new - p).double().pow(2).sum())
-            total += float(p.double().pow(2).sum())
             p.copy_(new)
-    return {"relative_change": math.sqrt(moved / total) if total else 0.0}
+    return {"relative_change": math.sqrt(moved / total) if total else 0.0, "kept_1d": kept}
 
 
 @register_remedy(

@@ -178,7 +178,7 @@ def run_size(cfg: TrainerConfig, stages: list[Stage], params: int | None = None)
     transformed = bool(acting_on(cfg.between_stages, "weights"))
     prompts = val_prompts(cfg)
     line = (cfg.max_prompt_length + cfg.max_response_length) * RECORD_BYTES_PER_TOKEN
-    record = prompts * line
+    record = prompts * cfg.val_samples * line
     sizes = []
     for stage in stages:
         steps = stage_steps(cfg, stage.group)

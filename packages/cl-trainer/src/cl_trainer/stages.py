@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cl_rundir.layout import Stage
 from cl_trainer.config import TrainerConfig, base_model_path
 from cl_trainer.overrides import backend_prefix, stage_overrides
+from cl_trainer.reference import reference_env
 from cl_trainer.remedies import acting_on
 from cl_trainer.verl_cpu import cpu_overlay
 
@@ -50,7 +51,9 @@ def stage_plan(
     value head, as the original experiments did) or from the previous stage's critic export
     (``chain``). ``env`` is the stage processes' environment (W&B); ``prefix`` replaces
     ``<python> -m <backend>``. With a weight remedy between stages, a stage starts from its
-    ``metrics/initial_*``, where the engine writes the transformed model.
+    ``metrics/initial_*``, where the engine writes the transformed model. With
+    ``reference=base`` every stage's environment names the base model as the KL reference
+    (``cl_trainer.reference``).
     """
     env = dict(env or {})
     head = prefix if prefix is not None else backend_prefix(cfg)
@@ -60,6 +63,7 @@ def stage_plan(
         env |= overlay_env
     plans: list[StagePlan] = []
     actor = base_model_path(cfg)
+    env = reference_env(cfg, actor, env)
     transformed = bool(acting_on(cfg.between_stages, "weights"))
     for stage in plan_stages(cfg):
         if transformed and stage.index:

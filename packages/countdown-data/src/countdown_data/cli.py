@@ -15,12 +15,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cl_rundir.atomic import remove_stale_temps
+from cl_rundir.oserrors import OneLineOSErrors
 from countdown_data.dataset import (
     DEFAULT_DATA_DIR,
     MANIFEST,
+    DataError,
     OutputError,
     check_writable,
     existing_outputs,
+    output_files,
     read_manifest,
     split_file,
     up_to_date,
@@ -96,7 +100,11 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)  # CI logs: one line per message, never wrapped
 
 
-@click.group(context_settings=CONTEXT)
+class Main(OneLineOSErrors, click.Group):
+    """The command group: a failed read or write ends in one ``Error:`` line."""
+
+
+@click.group(cls=Main, context_settings=CONTEXT)
 @click.version_option(package_name="countdown-data")
 def main() -> None:
     """Countdown puzzles per operator group, as veRL-ready parquet with checkable guarantees."""
@@ -232,6 +240,8 @@ def gen(
     existing = existing_outputs(out)
     if existing and not force:
         if up_to_date(out, cfg):
+            # A killed writer's temp files go, as a writing rerun would remove them.
+            remove_stale_temps(output_files(out))
             click.echo(f"{out} already holds this data set (same parameters, checksums match)")
             return
         raise click.ClickException(
@@ -393,7 +403,7 @@ def stats(directory: Path) -> None:
 
     try:
         data = dataset_stats(directory)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     table = Table(title=f"{directory}", title_style="bold")
     table.add_column("group", no_wrap=True)
@@ -465,7 +475,7 @@ def sft(
         examples = sft_examples(
             directory, split=split, groups=names, template=template, limit=limit
         )
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     write_sft_jsonl(examples, out)
     click.echo(f"{out}: {len(examples)} examples")

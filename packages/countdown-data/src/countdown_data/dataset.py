@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from cl_rundir.atomic import StagedWrites, new_temp_file, remove_stale_temps
 from countdown_data.generate import SPLITS, GenConfig, ProgressFn, SplitData, generate_iter
 from countdown_data.groups import GROUPS, data_source
-from countdown_data.templates import render_prompt
+from countdown_data.templates import TEMPLATES, render_prompt
 
 DEFAULT_DATA_DIR = Path("data/continual")
 """Where ``countdown-data gen`` writes and ``cl-trainer`` reads, unless told otherwise."""
@@ -214,11 +214,76 @@ def make_manifest(
     }
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+class DataError(ValueError):
+    """A data set that cannot be read as one (a damaged manifest or parquet): one line that names
+    the file and the fix."""
+
+
+def _regenerate(root: Path) -> str:
+    return f"run `countdown-data validate {root}`, or regenerate it with `countdown-data gen`"
+
+
+def load_manifest(root: Path) -> Any:
+    """The manifest as parsed, unchecked (``validate`` reports each of its problems)."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `countdown-data gen --out {root}` first")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise DataError(f"{path} is not JSON ({exc}); {_regenerate(root)}") from None
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest, checked: every reader of a data set gets :class:`DataError` for a damaged
+    one, as ``validate`` reports it."""
+    manifest = load_manifest(root)
+    problems = manifest_problems(manifest)
+    if problems:
+        raise DataError(f"{Path(root) / MANIFEST}: {problems[0]}; {_regenerate(root)}")
+    return manifest
+
+
+def _is_range(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+
+
+def manifest_problems(manifest: Any) -> list[str]:
+    """What makes a manifest unusable (wrong shape or types), as messages."""
+    if not isinstance(manifest, dict):
+        return [f"is a {type(manifest).__name__}, not an object"]
+    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
+        return [f"schema_version {manifest.get('schema_version')!r} is not supported"]
+    problems = []
+    params, groups = manifest.get("params"), manifest.get("groups")
+    if not isinstance(params, dict):
+        problems.append("params is missing or not an object")
+    else:
+        for key in ("numbers_per_puzzle", "number_range", "target_range"):
+            if not _is_range(params.get(key)):
+                problems.append(f"params.{key} is {params.get(key)!r}, not [low, high]")
+        if params.get("template") not in TEMPLATES:
+            problems.append(f"params.template {params.get('template')!r} is unknown")
+        if not isinstance(params.get("require_new_op"), bool):
+            problems.append("params.require_new_op is not true/false")
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        return [*problems, "groups is missing or not a list of names"]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        problems.append(f"unknown groups {unknown}")
+    counts, files = manifest.get("counts"), manifest.get("files")
+    for g in groups:
+        entry = counts.get(g) if isinstance(counts, dict) else None
+        for s in SPLITS:
+            if not isinstance(entry, dict) or not isinstance(entry.get(s), int):
+                problems.append(f"counts.{g}.{s} is missing or not a number")
+    if not isinstance(files, dict) or not all(isinstance(f, dict) for f in files.values()):
+        problems.append("files is missing or not an object of file entries")
+    return problems
 
 
 def existing_outputs(root: Path) -> list[Path]:
@@ -227,7 +292,16 @@ def existing_outputs(root: Path) -> list[Path]:
 
 
 def read_split(root: Path, group: str, split: str) -> pa.Table:
-    return pq.ParquetFile(split_path(root, group, split)).read()
+    """One split's table; :class:`DataError` when the file is not a readable parquet file."""
+    path = split_path(root, group, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run `countdown-data gen --out {root}` first")
+    try:
+        return pq.ParquetFile(path).read()
+    except (pa.ArrowException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fix = _regenerate(root)
+        raise DataError(f"{path} is not a readable parquet file ({reason}); {fix}") from None
 
 
 def load_rows(root: Path, group: str, split: str) -> list[dict[str, Any]]:

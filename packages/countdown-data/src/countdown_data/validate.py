@@ -15,17 +15,17 @@ import pyarrow.parquet as pq
 
 from countdown_data.dataset import (
     MANIFEST,
-    MANIFEST_SCHEMA_VERSION,
     SCHEMA,
-    read_manifest,
+    load_manifest,
+    manifest_problems,
     sha256,
     split_file,
     split_path,
 )
 from countdown_data.generate import SPLITS, excluded_ops, puzzle_key
-from countdown_data.groups import GROUPS, OPERATORS, data_source
+from countdown_data.groups import OPERATORS, data_source
 from countdown_data.solver import equation_steps, evaluate_table, expression_table
-from countdown_data.templates import TEMPLATES, render_prompt
+from countdown_data.templates import render_prompt
 from countdown_reward import check_equation
 
 
@@ -149,53 +149,11 @@ def _check_new_op(
     return out
 
 
-def _is_range(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    )
-
-
-def manifest_problems(manifest: Any) -> list[str]:
-    """What makes a manifest unusable for validation (wrong shape or types), as messages."""
-    if not isinstance(manifest, dict):
-        return [f"is a {type(manifest).__name__}, not an object"]
-    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION:
-        return [f"schema_version {manifest.get('schema_version')!r} is not supported"]
-    problems = []
-    params, groups = manifest.get("params"), manifest.get("groups")
-    if not isinstance(params, dict):
-        problems.append("params is missing or not an object")
-    else:
-        for key in ("numbers_per_puzzle", "number_range", "target_range"):
-            if not _is_range(params.get(key)):
-                problems.append(f"params.{key} is {params.get(key)!r}, not [low, high]")
-        if params.get("template") not in TEMPLATES:
-            problems.append(f"params.template {params.get('template')!r} is unknown")
-        if not isinstance(params.get("require_new_op"), bool):
-            problems.append("params.require_new_op is not true/false")
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        return [*problems, "groups is missing or not a list of names"]
-    unknown = [g for g in groups if g not in GROUPS]
-    if unknown:
-        problems.append(f"unknown groups {unknown}")
-    counts, files = manifest.get("counts"), manifest.get("files")
-    for g in groups:
-        entry = counts.get(g) if isinstance(counts, dict) else None
-        for s in SPLITS:
-            if not isinstance(entry, dict) or not isinstance(entry.get(s), int):
-                problems.append(f"counts.{g}.{s} is missing or not a number")
-    if not isinstance(files, dict) or not all(isinstance(f, dict) for f in files.values()):
-        problems.append("files is missing or not an object of file entries")
-    return problems
-
-
 def validate(root: Path, workers: int = 1) -> list[Violation]:
     """Every violation of the data set's guarantees (empty list: all hold)."""
     root = Path(root)
     try:
-        manifest = read_manifest(root)
+        manifest = load_manifest(root)
     except (FileNotFoundError, ValueError) as exc:
         return [Violation(str(root), None, "manifest", str(exc))]
     problems = manifest_problems(manifest)

@@ -57,6 +57,16 @@ def _fit(ids: list[int], max_len: int, truncation: str, where: str) -> list[int]
     )
 
 
+def subsample(total: int, max_samples: int, seed: int, shuffle: bool = True) -> np.ndarray | None:
+    """The rows veRL's ``data.{train,val}_max_samples`` keeps of ``total`` (``RLHFDataset``): a
+    seeded random choice, or the first ones without shuffling; None when it keeps them all."""
+    if not 0 < max_samples < total:
+        return None
+    if shuffle:
+        return np.random.default_rng(seed).choice(total, max_samples, replace=False)
+    return np.arange(max_samples)
+
+
 def load_examples(
     files: Any, tokenizer: Any, data_cfg: DictConfig, max_samples: int
 ) -> list[Example]:
@@ -64,13 +74,8 @@ def load_examples(
     rows: list[dict[str, Any]] = []
     for path in as_list(files):
         rows.extend(pq.read_table(path).to_pylist())
-    if 0 < max_samples < len(rows):
-        if data_cfg.get("shuffle", True):
-            keep = np.random.default_rng(data_seed(data_cfg)).choice(
-                len(rows), max_samples, replace=False
-            )
-        else:
-            keep = np.arange(max_samples)
+    keep = subsample(len(rows), max_samples, data_seed(data_cfg), data_cfg.get("shuffle", True))
+    if keep is not None:
         rows = [rows[i] for i in keep.tolist()]
     key = data_cfg.get("prompt_key", "prompt")
     max_len = int(data_cfg.max_prompt_length)

@@ -44,6 +44,7 @@ from cl_trainer import private_api
 from cl_trainer.local import checkpoint, dumps, rollout
 from cl_trainer.local.config import LocalConfigError
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
+from cl_trainer.reference import REFERENCE_MODEL_ENV
 
 
 @contextmanager
@@ -145,7 +146,7 @@ class LocalTrainer:
             self.device
         )
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
-        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if self.use_ref else None
+        self.ref = self._reference() if self.use_ref else None
         self.kl_ctrl = (
             core_algos.get_kl_controller(cfg.algorithm.kl_ctrl)
             if cfg.algorithm.use_kl_in_reward
@@ -185,6 +186,16 @@ class LocalTrainer:
         with open_dict(self.loss_cfg):
             self.loss_cfg.global_batch_info = {}
         self.global_steps = 0
+
+    def _reference(self) -> torch.nn.Module:
+        """The KL penalty's frozen reference: the actor's start, or ``--reference base``'s model
+        (``cl_trainer.reference``)."""
+        path = os.environ.get(REFERENCE_MODEL_ENV)
+        if not path:
+            return copy.deepcopy(self.model).eval().requires_grad_(False)
+        print(f"cl-trainer: reference policy from {path}")
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+        return ref.eval().requires_grad_(False)
 
     def _scheduler(self, optim_cfg: DictConfig) -> Any:
         warmup = int(optim_cfg.get("lr_warmup_steps", -1))
@@ -282,9 +293,10 @@ class LocalTrainer:
         infos: dict[str, list[Any]] = {"reward": rewards, **extras}
         dump = self.cfg.trainer.get("validation_data_dir")
         if dump:
-            extras_uid = {**extras, "uid": sample_uids}
+            # veRL's dump key per answer: <prompt uid>_<sample>_<output of the agent loop>
+            keys = {**extras, "uid": [f"{u}_{i % n}_0" for i, u in enumerate(sample_uids)]}
             dumps.write(
-                self.tokenizer, examples, batch, rewards, extras_uid, str(dump), self.global_steps
+                self.tokenizer, examples, batch, rewards, keys, str(dump), self.global_steps
             )
         data_sources = [ex.data_source for ex in examples]
         return private_api.val_metrics(data_sources, sample_uids, infos)
