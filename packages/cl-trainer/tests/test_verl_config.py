@@ -266,8 +266,9 @@ def test_reference_base_names_the_base_model_to_every_stage(
         assert p.env["CL_TRAINER_REFERENCE_MODEL"] == str(hf_model)
         assert p.env.get("VERL_USE_EXTERNAL_MODULES") == modules
         # A cluster started with `ray start` gets them through the job's runtime environment.
+        # (quoted: Ray takes only strings, and Hydra would make a number of an unquoted digit)
         assert (
-            f"+ray_kwargs.ray_init.runtime_env.env_vars.CL_TRAINER_REFERENCE_MODEL={hf_model}"
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.CL_TRAINER_REFERENCE_MODEL='{hf_model}'"
             in p.argv
         )
     for p in stage_plan(resolve_config("0.5b", **given), env={}):
