@@ -197,3 +197,28 @@ def test_unknown_override_is_refused(setup, tmp_path: Path, capsys) -> None:
     data, model = setup
     assert main([*overrides(data, model, tmp_path / "ckpt"), "trainer.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_threads_default_to_two_with_a_core_left_free(monkeypatch) -> None:
+    import os
+
+    from cl_trainer.local.config import THREADS_ENV, cpu_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert cpu_threads() == max(1, min(2, len(os.sched_getaffinity(0)) - 1))
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert cpu_threads() == 3
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_thread_count_is_refused_in_one_line(
+    setup, tmp_path: Path, monkeypatch, capsys, value: str
+) -> None:
+    from cl_trainer.local.config import THREADS_ENV
+
+    data, model = setup
+    monkeypatch.setenv(THREADS_ENV, value)
+    assert main(overrides(data, model, tmp_path / "ckpt")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {THREADS_ENV}={value}") and "\n" not in err
+    assert not (tmp_path / "ckpt").exists()

@@ -9,8 +9,6 @@ validate and log through veRL's ``Tracking`` with veRL's metric helpers.
 
 from __future__ import annotations
 
-import copy
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -44,7 +42,7 @@ from verl.utils.torch_functional import (
 from verl.utils.tracking import Tracking
 
 from cl_trainer.local import checkpoint, rollout
-from cl_trainer.local.config import LocalConfigError
+from cl_trainer.local.config import LocalConfigError, cpu_threads
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
 
 
@@ -143,11 +141,13 @@ class LocalTrainer:
             self.tokenizer.chat_template = template
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(
-            self.device
-        )
+        self.model = self._load(self.model_path)
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
-        self.ref = copy.deepcopy(self.model).eval().requires_grad_(False) if self.use_ref else None
+        # veRL's reference policy: the model at model.path, frozen (loaded again: faster than
+        # deep-copying the module tree).
+        self.ref = None
+        if self.use_ref:
+            self.ref = self._load(self.model_path).eval().requires_grad_(False)
         self.kl_ctrl = (
             core_algos.get_kl_controller(cfg.algorithm.kl_ctrl)
             if cfg.algorithm.use_kl_in_reward
@@ -187,6 +187,9 @@ class LocalTrainer:
         with open_dict(self.loss_cfg):
             self.loss_cfg.global_batch_info = {}
         self.global_steps = 0
+
+    def _load(self, path: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
 
     def _scheduler(self, optim_cfg: DictConfig) -> Any:
         warmup = int(optim_cfg.get("lr_warmup_steps", -1))
@@ -482,12 +485,6 @@ class LocalTrainer:
             self.global_steps += 1
         if int(cfg.trainer.save_freq) <= 0:
             self.save_checkpoint()
-
-
-def cpu_threads() -> int:
-    """``CL_LOCAL_THREADS``, else 1: the tiny model is latency-bound, and extra OpenMP threads
-    spin against any other process on a small machine, making steps several times slower."""
-    return max(1, int(os.environ.get("CL_LOCAL_THREADS", "1")))
 
 
 def run(cfg: DictConfig) -> None:
