@@ -24,12 +24,10 @@ from pathlib import Path
 
 from cl_trainer.config import seed_out
 from cl_trainer.presets import DATA_COMMANDS
-from cl_trainer.remedies import PARAMS, Remedy
+from cl_trainer.remedies import REMEDIES, parse
+from countdown_data.dataset import MANIFEST
 
-ARMS: dict[str, str | None] = {
-    "none": None,
-    **{name: Remedy(name, dict(p)).spec for name, p in PARAMS.items()},
-}
+ARMS: dict[str, str | None] = {"none": None, **{name: parse(name).spec for name in REMEDIES}}
 """Each arm's ``--between-stages`` spec: every remedy at its default parameters."""
 BIN = Path(sys.executable).parent
 
@@ -54,7 +52,7 @@ def main() -> None:
         ap.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     data = args.out / "data"
     walls: dict[str, float] = {}
-    if not (data / "manifest.json").is_file():
+    if not (data / MANIFEST).is_file():
         gen = shlex.split(DATA_COMMANDS.get(args.size, "countdown-data gen"))
         walls["data"] = run([str(BIN / gen[0]), *gen[1:], "--out", str(data)])
     for arm in arms:

@@ -1,20 +1,22 @@
 """Reward scoring speed: countdown-reward vs the naive regex-then-eval approach (TinyZero's).
 
 Run: uv run python bench/reward.py
-Prints responses/s on a realistic mix and the worst-case time on an adversarial corpus.
-The naive scorer is re-implemented here from its description (regex check, then Python eval)
-so both run side by side in one process.
+Prints responses/s on a realistic mix and each adversarial response's time, for both scorers.
+The corpora and the worst-case goal are the package's (``python -m countdown_reward.bench``
+measures the package alone, from the wheel). The naive scorer is re-implemented here from its
+description (regex check, then Python eval) so both run side by side in one process.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import random
 import re
 import statistics
+import sys
 import time
 
 from countdown_reward import compute_score
+from countdown_reward.bench import ADVERSARIAL, WORST_CASE_GOAL_S, rate, realistic_mix, worst_case
 
 
 def naive_score(solution_str: str, ground_truth: dict, format_score: float = 0.1) -> float:
@@ -42,53 +44,6 @@ def naive_score(solution_str: str, ground_truth: dict, format_score: float = 0.1
         return format_score
 
 
-def realistic_mix(n: int, seed: int = 0) -> list[tuple[str, dict]]:
-    rng = random.Random(seed)
-    words = [
-        "so",
-        "we",
-        "need",
-        "to",
-        "reach",
-        "the",
-        "target",
-        "let",
-        "me",
-        "try",
-        "adding",
-        "then",
-        "subtracting",
-    ]
-    out = []
-    for _ in range(n):
-        a, b, c, d = (rng.randint(1, 100) for _ in range(4))
-        gt = {"target": a + b - c + d, "numbers": [a, b, c, d]}
-        think = " ".join(rng.choice(words) for _ in range(rng.choice([20, 200, 1500])))
-        kind = rng.random()
-        if kind < 0.35:
-            answer = f"<answer>({a} + {b}) - {c} + {d}</answer>"
-        elif kind < 0.7:
-            answer = f"<answer>{a} + {b} + {c} - {d}</answer>"
-        elif kind < 0.85:
-            answer = f"<answer>{a} * {b} - {c}</answer>"
-        else:
-            answer = ""  # cut off before answering
-        out.append((f"<think>{think}</think>\n{answer}", gt))
-    return out
-
-
-GT = {"target": 24, "numbers": [3, 7, 25, 50]}
-ADVERSARIAL = {
-    "power tower 3**7**25-50": "<answer>3**7**25-50</answer>",
-    "9**9**9 (numbers 9,9,9)": "<answer>9**9**9</answer>",
-    "1 MB literal": "<answer>" + "9" * 1_000_000 + "</answer>",
-    "10k nested parens": "<answer>" + "(" * 10_000 + "3+7+25-50" + ")" * 10_000 + "</answer>",
-    "100k operators": "<answer>" + "+".join(["3"] * 100_000) + "</answer>",
-    "1 MB of tags": "<answer>1</answer>" * 60_000,
-}
-ADVERSARIAL_GT = {"9**9**9 (numbers 9,9,9)": {"target": 24, "numbers": [9, 9, 9]}}
-
-
 def _naive_worker(text: str, gt: dict, queue: mp.Queue) -> None:
     start = time.perf_counter()
     try:
@@ -110,17 +65,7 @@ def naive_worst(text: str, gt: dict, timeout: float) -> str:
     return f"{result * 1e3:.2f} ms" if isinstance(result, float) else f"raised {result}"
 
 
-def rate(fn, corpus, repeat: int = 5) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for text, gt in corpus:
-            fn(text, gt)
-        best = min(best, time.perf_counter() - start)
-    return len(corpus) / best
-
-
-def main() -> None:
+def main() -> int:
     corpus = realistic_mix(20_000)
     mean_len = statistics.mean(len(t) for t, _ in corpus)
     ours = rate(lambda t, g: compute_score("countdown", t, g), corpus)
@@ -130,18 +75,18 @@ def main() -> None:
     print(f"  countdown-reward : {ours:>10,.0f} responses/s  ({1e6 / ours:.1f} µs each)")
     print(f"  naive regex+eval : {naive:>10,.0f} responses/s  ({1e6 / naive:.1f} µs each)")
     print(f"  ratio ours/naive : {ours / naive:.2f}x   (same score on {agree:.1%} of responses)")
-    print("adversarial corpus (worst single response):")
+    print("adversarial corpus (one response each):")
     worst = 0.0
-    for name, text in ADVERSARIAL.items():
-        gt = ADVERSARIAL_GT.get(name, GT)
-        start = time.perf_counter()
-        score = compute_score("countdown", text, gt)
-        ours_s = time.perf_counter() - start
-        worst = max(worst, ours_s)
-        naive = naive_worst(text, gt, 10)
-        print(f"  {name:<26} ours {ours_s * 1e3:7.3f} ms (score {score})  naive {naive}")
-    print(f"  worst case, ours: {worst * 1e3:.3f} ms")
+    for name, case in ADVERSARIAL.items():
+        seconds, score = worst_case(name)
+        worst = max(worst, seconds)
+        naive_s = naive_worst(case.text, case.ground_truth, 10)
+        print(f"  {name:<30} ours {seconds * 1e3:7.3f} ms (score {score})  naive {naive_s}")
+    goal = f"goal < {WORST_CASE_GOAL_S * 1e3:.0f} ms"
+    verdict = "met" if worst < WORST_CASE_GOAL_S else "MISSED"
+    print(f"  worst case, ours: {worst * 1e3:.3f} ms; {goal}: {verdict}")
+    return 0 if worst < WORST_CASE_GOAL_S else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

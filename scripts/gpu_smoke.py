@@ -31,14 +31,15 @@ sys.path[:0] = SRC
 import torch  # noqa: E402
 
 from cl_trainer.local import rollout, tiny  # noqa: E402
-from countdown_data import GenConfig, load_rows, write_dataset  # noqa: E402
+from countdown_data import GenConfig, load_rows, split_path, write_dataset  # noqa: E402
+from countdown_data.dataset import MANIFEST  # noqa: E402
 
 PROMPTS, ROLLOUTS, RESPONSE_TOKENS = 8, 8, 48
 
 
 def build(out: Path) -> tuple[Path, Path]:
     data = out / "data"
-    if not (data / "manifest.json").is_file():
+    if not (data / MANIFEST).is_file():
         cfg = GenConfig(train_size=256, test_size=32, groups=("plus",), template="compact")
         write_dataset(cfg, data)
     model = tiny.ensure_tiny_model(out / "model", data, seed=0, sft_steps=60, eval_samples=8)
@@ -49,11 +50,11 @@ def run_local_backend(
     data: Path, model: Path, out: Path, steps: int, device: str
 ) -> list[dict[str, float]]:
     """The real local backend; per-step metrics parsed from its log lines."""
-    from countdown_data.runs import parse_metric_line
+    from cl_rundir.metric_lines import parse_metric_line
 
     args = [
-        f"data.train_files={data / 'plus' / 'train.parquet'}",
-        f"data.val_files=[{data / 'plus' / 'test.parquet'}]",
+        f"data.train_files={split_path(data, 'plus', 'train')}",
+        f"data.val_files=[{split_path(data, 'plus', 'test')}]",
         "data.max_prompt_length=96",
         f"data.max_response_length={RESPONSE_TOKENS}",
         f"data.train_batch_size={PROMPTS}",

@@ -40,14 +40,18 @@ def compose_binary() -> Path:
     return binary
 
 
-def run_compose(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **COMPOSE_ENV}
+def run_compose(
+    path: Path, *args: str, env: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The Compose binary on ``path``; ``env`` sets (or, with None, unsets) variables."""
+    full = {**os.environ, **COMPOSE_ENV, **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
     cmd = [str(compose_binary()), "-f", str(path), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+    return subprocess.run(cmd, capture_output=True, text=True, env=full, timeout=60, check=False)
 
 
-def compose_config(path: Path) -> dict:
-    result = run_compose(path, "config", "--format", "json")
+def compose_config(path: Path, env: dict[str, str | None] | None = None) -> dict:
+    result = run_compose(path, "config", "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -148,6 +152,77 @@ def test_cluster_services() -> None:
     trainer = svc["continual-trainer"]["command"]
     head = COMPOSE_ENV["RAY_HEAD_ADDRESS"]
     assert trainer[trainer.index("--ray-address") + 1] == f"{head}:6379"
+
+
+def test_the_ray_dashboard_listens_on_the_head_loopback_unless_asked() -> None:
+    """A job's runtime environment is readable in the dashboard: by default only the head host
+    (and an SSH tunnel to it) reaches it."""
+    cluster = DEPLOY / "compose.cluster.yaml"
+    assert "--dashboard-host=127.0.0.1" in services(cluster)["ray-head"]["command"]
+    published = compose_config(cluster, env={"RAY_DASHBOARD_HOST": "0.0.0.0"})
+    assert "--dashboard-host=0.0.0.0" in published["services"]["ray-head"]["command"]
+
+
+def test_the_wandb_key_reaches_the_ray_nodes_not_a_job() -> None:
+    """cl-trainer puts the key in no Ray job's runtime environment (the dashboard shows those):
+    veRL's actors inherit it from their node's `ray start`, so every node passes it through."""
+    svc = services(DEPLOY / "compose.cluster.yaml")
+    for name in ("ray-head", "ray-worker", "continual-trainer"):
+        assert "WANDB_API_KEY" in svc[name]["environment"], name
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_wandb_files_land_in_the_run_directory(path: Path) -> None:
+    """cl-trainer sets WANDB_DIR to the run directory (offline runs in runs/<size>/wandb/): no
+    compose file or image may suggest another place."""
+    for name, service in services(path).items():
+        assert "WANDB_DIR" not in (service.get("environment") or {}), name
+        targets = [v["target"] for v in service.get("volumes") or []]
+        assert not [t for t in targets if "wandb" in t], name
+    for dockerfile in DOCKERFILES:
+        assert "WANDB_DIR" not in dockerfile.read_text(), dockerfile
+
+
+def dockerfile_stages(path: Path) -> dict[str, list[str]]:
+    """Each named stage's instructions, continuation lines joined, comments dropped."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in re.sub(r"\\\n", " ", path.read_text()).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if m := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.I):
+            current = stages.setdefault(m.group(1), [])
+        current.append(line)
+    return stages
+
+
+def test_flash_attention_builds_for_the_users_gpus_and_is_checked_in_the_build() -> None:
+    """flash-attn compiles every kernel per architecture (FLASH_ATTN_CUDA_ARCHS, a build
+    argument): H100/H200 (90) by default. The builder stage imports the compiled extension, so a
+    build that does not load against the installed torch fails the image build, not a GPU job."""
+    build = dockerfile_stages(DEPLOY / "docker" / "Dockerfile")["trainer-build"]
+    args = dict(
+        re.match(r'ARG\s+(\w+)(?:="?([^"]*)"?)?$', i).groups() for i in build if i.startswith("ARG")
+    )
+    assert args["FLASH_ATTN_CUDA_ARCHS"] == "90"
+    assert any("FLASH_ATTN_CUDA_ARCHS=${FLASH_ATTN_CUDA_ARCHS}" in i for i in build)
+    syncs = [n for n, i in enumerate(build) if "uv sync" in i and "--extra gpu" in i]
+    checks = [n for n, i in enumerate(build) if i.startswith("RUN") and "import" in i]
+    assert checks and "flash_attn_2_cuda" in build[checks[-1]]
+    assert checks[-1] > max(syncs)  # after the last install, on what the runtime stage copies
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_compose_builds_take_the_architecture_list(path: Path) -> None:
+    given = compose_config(path, env={"FLASH_ATTN_CUDA_ARCHS": "80;90"})["services"]
+    unset = compose_config(path, env={"FLASH_ATTN_CUDA_ARCHS": None})["services"]
+    trainers = [n for n, s in given.items() if (s.get("build") or {}).get("target") == "trainer"]
+    assert trainers
+    for name in trainers:
+        assert given[name]["build"]["args"]["FLASH_ATTN_CUDA_ARCHS"] == "80;90", name
+        # Unset: not passed, so the Dockerfile's default holds.
+        assert "FLASH_ATTN_CUDA_ARCHS" not in unset[name]["build"]["args"], name
 
 
 def test_cluster_file_requires_head_address() -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cl_rundir.atomic import stale_temps
 from cl_trainer.local.tiny import ensure_tiny_model
-from countdown_data.atomic import stale_temps
-from countdown_data.dataset import output_files
+from countdown_data.dataset import MANIFEST, output_files
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -52,7 +52,7 @@ def test_gen_killed_at_random_instants_leaves_all_or_nothing(tmp_path: Path) -> 
         time.sleep(rng.uniform(0.3, 1.0) * whole)
         proc.kill()
         proc.wait()
-        if (out / "manifest.json").exists():  # finished before the kill: must be whole and valid
+        if (out / MANIFEST).exists():  # finished before the kill: must be whole and valid
             check = subprocess.run([str(BIN / "countdown-data"), "validate", str(out)])
             assert check.returncode == 0, f"instant {i}: a manifest over an incomplete data set"
         rerun = subprocess.run([*args, "--out", str(out)], capture_output=True, text=True)
@@ -115,6 +115,7 @@ def _stage_started(run: Path) -> bool:
     return log.is_file() and "step:0 - " in log.read_text(errors="replace")
 
 
+@pytest.mark.slow
 def test_one_trainer_per_run_directory(tiny_setup, tmp_path: Path) -> None:
     data, model = tiny_setup
     run = tmp_path / "run"

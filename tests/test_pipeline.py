@@ -7,11 +7,14 @@ on, so those are what is asserted.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib import pyplot as plt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cl_eval.logs import parse_log
@@ -23,6 +26,10 @@ from countdown_data.sft import COMPLETION_STYLES
 BIN = Path(sys.executable).parent
 GROUPS = ("plus", "plus_minus")
 CONSOLIDATED = "consolidated_metrics_testbed.json"
+VAL_PUZZLES = 16
+"""Validation puzzles over both groups (of their 2 x 20 test puzzles)."""
+
+pytestmark = pytest.mark.slow
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -49,8 +56,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(BIN / "cl-trainer"), "--size", "testbed", "--groups", ",".join(GROUPS),
         "--data-dir", str(data), "--out", str(run), "--no-wandb",
         "--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--rollout-n", "2",
-        "--between-stages", "redo:tau=0.1",
-        "--", "data.train_max_samples=16", "data.val_max_samples=16", cwd=work,
+        "--between-stages", "redo:tau=0.1", "--val-max-samples", str(VAL_PUZZLES),
+        "--", "data.train_max_samples=16", cwd=work,
     )
     _run(str(BIN / "cl-eval"), "report", "--run", str(run), cwd=work)
     return run
@@ -83,18 +90,40 @@ def test_logs_parse_into_a_full_accuracy_matrix(run_dir: Path) -> None:
         assert parsed.train_steps() == [1, 2], stage.name
         assert parsed.val_steps() == [0, 2], stage.name  # before the first step, after the last
     proc = _run(str(BIN / "cl-eval"), "matrix", str(run_dir), "--json", cwd=run_dir)
-    matrix = json.loads(proc.stdout)
+    matrix = json.loads(proc.stdout)["accuracy_matrix"]
     assert matrix["rows"] == ["base", "R1_plus", "R1_plus_minus"]
     assert all(0.0 <= v <= 1.0 for row in matrix["values"] for v in row)
+    # --val-max-samples reached the backend (its validation records) and the evaluator.
+    assert json.loads((run_dir / "run.json").read_text())["config"]["val_max_samples"] == 16
+    assert all(sum(n) == VAL_PUZZLES for n in matrix["n"]), matrix["n"]
 
 
-def test_report_and_plots_are_written(run_dir: Path) -> None:
-    assert "Accuracy matrix" in (run_dir / "report.md").read_text()
-    for name in ("training_metrics", "accuracy_matrix", "weight_change", "forgetting"):
-        png = run_dir / "plots" / f"{name}_testbed.png"
-        assert png.stat().st_size > 10_000, png
+def _is_a_picture(path: Path) -> bool:
+    """A PNG of a readable size whose pixels are not one flat colour."""
+    img = plt.imread(path)
+    colours = np.unique(img.reshape(-1, img.shape[-1]), axis=0)
+    return img.shape[0] > 300 and img.shape[1] > 400 and len(colours) > 10
+
+
+def test_the_report_shows_every_number_and_picture_of_the_run(run_dir: Path) -> None:
+    report = (run_dir / "report.md").read_text()
     consolidated = json.loads((run_dir / "metrics" / CONSOLIDATED).read_text())
-    assert consolidated["accuracy_matrix"]["columns"] == list(GROUPS)
+    m = consolidated["accuracy_matrix"]
+    assert m["rows"] == ["base", "R1_plus", "R1_plus_minus"] and m["columns"] == list(GROUPS)
+    # The matrix table shows each cell of the consolidated file with its 95 % interval.
+    for row, values, lo, hi in zip(m["rows"], m["values"], m["lo"], m["hi"], strict=True):
+        cells = [f"{v:.3f} [{a:.3f}, {b:.3f}]" for v, a, b in zip(values, lo, hi, strict=True)]
+        assert f"| {row} | {' | '.join(cells)} |" in report, row
+    for name in ("R1_plus", "R1_plus_minus"):  # status and steps of every stage
+        assert f"| {name} | done | 2 |" in report
+    bwt = consolidated["metrics"]["bwt"]
+    assert f"| bwt | {bwt:.3f} |" in report
+    # Every figure it shows is on disk and is a picture, not a blank canvas.
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    kinds = ("training_metrics", "accuracy_matrix", "forgetting", "weight_change", "plasticity")
+    assert {f"plots/{k}_testbed.png" for k in (*kinds, "kl_forgetting")} <= set(images)
+    for rel in images:
+        assert _is_a_picture(run_dir / rel), rel
 
 
 def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> None:
@@ -114,7 +143,6 @@ def test_the_remedy_is_recorded_and_the_report_has_plasticity(run_dir: Path) -> 
     probes = consolidated["plasticity"]["probes"]
     assert len(probes) == 3 and set(probes[1]["soft_accuracy"]) == set(GROUPS)
     assert probes[2]["kl_moved"]["plus_minus"] >= 0
-    assert (run_dir / "plots" / "plasticity_testbed.png").stat().st_size > 10_000
 
 
 def test_soft_accuracy_scores_the_answer_text_the_model_was_taught(run_dir: Path) -> None:

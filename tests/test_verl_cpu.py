@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from cl_eval.analysis import analyse
@@ -52,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cmd = [
         str(BIN / "cl-trainer"), "--size", "tiny", "--backend", "verl", "--device", "cpu",
         "--groups", "plus", "--data-dir", str(data), "--out", str(run), "--no-wandb",
-        "--", f"trainer.total_training_steps={STEPS}", f"data.val_files=[{val_files}]",
+        "--max-steps", str(STEPS), "--", f"data.val_files=[{val_files}]",
     ]  # fmt: skip
     proc = subprocess.run(
         cmd,
@@ -112,3 +113,14 @@ def test_hydra_writes_inside_the_run_directory(run: Path) -> None:
     hydra = run / "hydra" / "R1_plus" / ".hydra"
     assert (hydra / "overrides.yaml").is_file()
     assert [p for p in run.parent.parent.rglob(".hydra")] == [hydra]
+
+
+def test_a_done_stage_keeps_its_exports_not_its_checkpoints(run: Path) -> None:
+    assert not list((run / "checkpoints" / "R1_plus").glob("global_step_*"))
+    assert (run / "metrics" / "final_1_plus" / "model.safetensors").is_file()
+
+
+def test_verl_ran_with_the_step_cap_and_the_rollout_context(run: Path) -> None:
+    conf = OmegaConf.load(run / "hydra" / "R1_plus" / ".hydra" / "config.yaml")
+    assert conf.trainer.total_training_steps == STEPS
+    assert conf.actor_rollout_ref.rollout.max_model_len == 96 + 48  # the tiny preset's lengths

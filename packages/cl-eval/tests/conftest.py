@@ -1,8 +1,8 @@
-"""Fixtures: authentic veRL log lines, tiny safetensors checkpoints and a synthetic run dir."""
+"""Fixtures: tiny safetensors checkpoints and a synthetic run dir (veRL's log lines: the root
+conftest)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -12,19 +12,6 @@ import numpy as np
 import pytest
 
 GROUPS = ["plus", "plus_minus", "plus_minus_mul", "plus_minus_mul_div"]
-
-
-@pytest.fixture(scope="session")
-def verl_line() -> Callable[[dict, int], str]:
-    """veRL's own ``concat_dict_to_str``, loaded from its file (importing ``verl`` takes ~30 s)."""
-    spec = importlib.util.find_spec("verl")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(spec.submodule_search_locations[0]) / "utils/logger/aggregate_logger.py"
-    mod_spec = importlib.util.spec_from_file_location("_verl_aggregate_logger", path)
-    assert mod_spec and mod_spec.loader
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return mod.concat_dict_to_str
 
 
 def tiny_tensors(seed: int = 0, layers: int = 2, hidden: int = 8, vocab: int = 32) -> dict:

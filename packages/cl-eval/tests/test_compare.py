@@ -8,7 +8,8 @@ import numpy as np
 from click.testing import CliRunner
 
 from cl_eval.cli import main
-from cl_eval.compare import aggregate, contrast
+from cl_eval.compare import CellKey, aggregate, contrast
+from cl_eval.stats import MetricKey
 
 GROUPS = ["plus", "plus_minus"]
 
@@ -20,7 +21,7 @@ def simulated_runs(rng: np.random.Generator, shift: float, seeds: int = 3) -> li
     runs = []
     for _ in range(seeds):
         p = np.clip(true + rng.normal(0, 0.03, size=4), 0, 1)
-        runs.append({"final_accuracy": float((rng.binomial(400, p) / 400).mean())})
+        runs.append({MetricKey("final_accuracy"): float((rng.binomial(400, p) / 400).mean())})
     return runs
 
 
@@ -31,7 +32,7 @@ def test_difference_intervals_cover_the_true_difference() -> None:
     for _ in range(100):
         a = aggregate("none", [], simulated_runs(rng, 0.0))
         b = aggregate("remedy", [], simulated_runs(rng, 0.05))
-        est = contrast([a, b]).differences["remedy − none"]["final_accuracy"]
+        est = contrast([a, b]).differences["remedy − none"][MetricKey("final_accuracy")]
         covered += est.lo <= 0.05 <= est.hi
         assert est.method == "Welch over runs"
     assert covered >= 90, covered
@@ -71,8 +72,12 @@ def test_compare_cli_aggregates_and_contrasts_labelled_runs(tmp_path, verl_line,
 def test_accuracy_cells_over_seeds_stay_inside_0_1() -> None:
     """Seeds that disagree widely (0.05, 0.9, 0.95) give a t-interval beyond [0, 1]; a cell is an
     accuracy, so its interval is clipped, while a metric such as BWT keeps its own bounds."""
-    runs = [{"R[4][plus]": a, "bwt": -a} for a in (0.05, 0.9, 0.95)]
+    cell_key, bwt = CellKey("R1_plus_minus", "plus"), MetricKey("bwt")
+    runs = [{cell_key: a, bwt: -a} for a in (0.05, 0.9, 0.95)]
     cond = aggregate("wide", [], runs)
-    cell = cond.cells["R[4][plus]"]
+    cell = cond.cells[cell_key]
     assert cell.lo == 0.0 and 0.0 < cell.hi <= 1.0
-    assert cond.metrics["bwt"].lo < -1.0
+    assert cond.metrics[bwt].lo < -1.0
+    assert str(cell_key) == "R[R1_plus_minus][plus]" and str(MetricKey("bwt_per_stage", 2)) == (
+        "bwt_per_stage[2]"
+    )

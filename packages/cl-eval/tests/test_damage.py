@@ -42,7 +42,7 @@ def test_a_stray_huge_step_cannot_pose_as_the_final_validation(run) -> None:
     )
     a = analyse(run)
     assert a.R[1, 0] == pytest.approx(0.8)  # the real final validation, last in the file
-    assert a.results[0].after["step"] == 6
+    assert a.results[0].after.step == 6
 
 
 def test_an_accuracy_outside_0_1_is_dropped_naming_the_line(run) -> None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from cl_eval.geometry import checkpoint_spectra, spectrum_of, update_geometry
-from cl_eval.probe import dormant_fractions, srank, unit_scores
+from cl_eval.probe import dormant_fractions, srank
+from cl_rundir.dormant import unit_scores
 
 
 def _rank_r(rows: int, cols: int, r: int, seed: int) -> torch.Tensor:

@@ -177,7 +177,7 @@ def test_cli(tmp_path, full_run) -> None:
     assert r.exit_code == 0, r.output
     assert "R1_plus_minus_mul_div" in r.output and "0.600" in r.output and "bwt" in r.output
     r = runner.invoke(main, ["matrix", str(full_run), "--json"])
-    assert json.loads(r.output)["values"][1][0] == pytest.approx(0.7)
+    assert json.loads(r.output)["accuracy_matrix"]["values"][1][0] == pytest.approx(0.7)
     a, b = full_run / "metrics/initial_1_plus", full_run / "metrics/final_1_plus"
     r = runner.invoke(main, ["diff", str(a), str(b), "--json", "--per-tensor"])
     assert r.exit_code == 0, r.output

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from cl_eval.analysis import analyse
 from cl_eval.cli import main
 from cl_eval.report import build_report
-from cl_eval.stats import Z95, wilson
+from cl_eval.stats import Z95, MetricKey, wilson
 from countdown_data.templates import render_prompt
 
 GROUPS = ["plus", "plus_minus"]
@@ -84,14 +84,16 @@ def test_a_paired_gain_interval_matches_the_analytic_one_and_beats_independent(
     a = analyse(run)
     d = x["plus"][1].astype(float) - x["plus"][0].astype(float)
     half = Z95 * d.std(ddof=1) / math.sqrt(P)
-    lo, hi = a.uncertainty.metrics["plasticity_gain_per_stage[1]"]
+    gain = a.metric("plasticity_gain_per_stage", 1)
+    assert gain.value == pytest.approx(d.mean())
+    lo, hi = gain.lo, gain.hi
     assert lo == pytest.approx(d.mean() - half, abs=0.008)
     assert hi == pytest.approx(d.mean() + half, abs=0.008)
     p0, p1 = x["plus"][0].mean(), x["plus"][1].mean()
     independent = Z95 * math.sqrt(p0 * (1 - p0) / P + p1 * (1 - p1) / P)
     assert hi - lo < 2 * independent * 0.9
-    forgot = a.uncertainty.metrics["bwt_per_group[1]"]  # plus after stage 2 vs after stage 1
-    assert forgot[1] < 0  # forgetting, and the interval says so
+    forgot = a.metric("bwt_per_group", 1)  # plus after stage 2 vs after stage 1
+    assert forgot.hi < 0 and forgot.excludes_zero  # forgetting, and the interval says so
 
 
 def test_the_noise_floor_of_identical_revalidations_is_zero(recorded_run) -> None:
@@ -117,15 +119,21 @@ def test_a_revalidation_beyond_sampling_is_flagged(recorded_run) -> None:
 
 
 def test_matrix_json_gives_every_cell_with_its_interval(recorded_run) -> None:
+    """``cl-eval matrix --json`` prints the very payload the report's consolidated file holds."""
     run, x = recorded_run
     res = CliRunner().invoke(main, ["matrix", str(run), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    cell = out["cells"][2][1]
-    assert set(cell) == {"mean", "lo", "hi", "n"}
-    assert cell["mean"] == pytest.approx(x["plus_minus"][2].mean())
-    assert cell["lo"] < cell["mean"] < cell["hi"] and cell["n"] == P
+    m = out["accuracy_matrix"]
+    value, lo, hi, n = (m[k][2][1] for k in ("values", "lo", "hi", "n"))
+    assert value == pytest.approx(x["plus_minus"][2].mean())
+    assert lo < value < hi and n == P and m["interval_method"][2][1] == "bootstrap"
+    assert m["rows"] == ["base", "R1_plus", "R1_plus_minus"] and m["columns"] == GROUPS
     assert out["interval_source"].startswith("per-sample validation records")
+    build_report(run, weights=False)
+    consolidated = json.loads((run / "metrics" / "consolidated_metrics_tiny.json").read_text())
+    for key in ("accuracy_matrix", "interval_source", "metrics", "metric_intervals"):
+        assert consolidated[key] == out[key], key
     assert (
         out["metric_intervals"]["bwt"][0]
         <= out["metrics"]["bwt"]
@@ -169,7 +177,7 @@ def test_two_single_runs_on_the_same_puzzles_compare_pair_by_puzzle(recorded_run
     assert old in log.read_text()
     log.write_text(log.read_text().replace(old, old.replace(repr(before), repr(after))))
     result = compare({"base": [analyse(run)], "better": [analyse(other)]})
-    est = result.differences["better − base"]["final_accuracy"]
+    est = result.differences["better − base"][MetricKey("final_accuracy")]
     assert est.method == "bootstrap, paired by puzzle"
     true = (after - before) / 2
-    assert est.mean == pytest.approx(true) and est.lo <= true <= est.hi and est.lo > 0
+    assert est.value == pytest.approx(true) and est.lo <= true <= est.hi and est.lo > 0

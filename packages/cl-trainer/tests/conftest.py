@@ -68,8 +68,8 @@ class Recorder:
     def output(self, line: str) -> None:
         self.lines.append(line)
 
-    def stage_finished(self, stage, record) -> None:
-        self.finished.append((stage.name, record["status"]))
+    def stage_finished(self, record) -> None:
+        self.finished.append((record.name, record.status))
 
     def note(self, text: str) -> None:
         self.notes.append(text)

@@ -11,14 +11,16 @@ utils/logger/aggregate_logger.py:
   fp32 model.safetensors, tokenizer files), one FSDP shard set per GPU, ``data.pt``, and
   ``latest_checkpointed_iteration.txt``; checkpoints every ``save_freq`` steps and at the last
   step; rotation by ``max_{actor,critic}_ckpt_to_keep`` of the role dirs this process saved
-  (veRL's ``previous_saved_paths``: checkpoints of an earlier attempt are not rotated out);
+  (veRL's ``previous_saved_paths``: checkpoints of an earlier attempt are not rotated out), with
+  room made before a save when more than one is kept and the oldest removed after it;
 - ``resume_mode=auto``: restarts from the latest checkpointed step;
 - steps = train rows // train_batch_size (the dataloader drops the last partial batch) x epochs,
   or ``trainer.total_training_steps``.
 
 Test hooks (environment): FAKE_VERL_CALLS=<file> appends one JSON line per invocation;
 FAKE_VERL_FAIL=<experiment_name>:<step> exits 1 with a traceback after finishing that step;
-FAKE_VERL_NO_WEIGHTS=1 exports config.json without the weights.
+FAKE_VERL_NO_WEIGHTS=1 exports config.json without the weights; FAKE_VERL_HELD=<file> appends,
+at every save, how many actor checkpoints are on disk once it is written (the stage's peak).
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ def save_checkpoint(
     ):
         if source is None:
             continue
+        keep = int(str(cfg.get(keep_key, "0")) or 0)
+        if keep > 1 and len(SAVED[role]) >= keep:  # ensure_checkpoint_capacity: room first
+            for old in SAVED[role][: len(SAVED[role]) - keep + 1]:
+                shutil.rmtree(old, ignore_errors=True)
+            SAVED[role] = SAVED[role][len(SAVED[role]) - keep + 1 :]
         role_dir = folder / role
         role_dir.mkdir(parents=True, exist_ok=True)
         for rank in range(world):
@@ -86,8 +93,11 @@ def save_checkpoint(
             json.dumps({"FSDP_version": 2, "world_size": world})
         )
         write_hf(role_dir / "huggingface", source, step, role)
-        SAVED[role].append(role_dir)
-        keep = int(str(cfg.get(keep_key, "0")) or 0)
+        held = os.environ.get("FAKE_VERL_HELD")
+        if held and role == "actor":
+            with open(held, "a") as f:
+                f.write(f"{len(list(ckpt.glob('global_step_*/actor')))}\n")
+        SAVED[role].append(role_dir)  # register_checkpoint: rotate after the save
         if keep > 0:
             for old in SAVED[role][:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -127,6 +137,7 @@ def main() -> int:
                 "wandb_group": os.environ.get("WANDB_RUN_GROUP"),
                 "cwd": os.getcwd(),
                 "wandb_mode": os.environ.get("WANDB_MODE"),
+                "ray_job_config": os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"),
             }
             f.write(json.dumps(record) + "\n")
     ckpt = Path(str(cfg["trainer.default_local_dir"]))

@@ -14,6 +14,7 @@ from cl_trainer.cli import main
 from cl_trainer.config import resolve_config
 from cl_trainer.errors import TrainerError
 from cl_trainer.overrides import BACKEND_CMD_ENV
+from countdown_data.generate import GenConfig
 
 from .conftest import FAKE_VERL
 
@@ -61,6 +62,35 @@ def test_plan_prints_every_stage_with_its_exact_command(data_dir: Path, tmp_path
     words = shlex.split(cmd)
     assert words[len(stages[1]["env"]) :] == stages[1]["argv"]
     assert f"actor_rollout_ref.model.path={tmp_path}/metrics/final_1_plus" in stages[1]["argv"]
+
+
+def test_plan_shows_how_long_and_how_large_the_run_is(data_dir: Path, tmp_path: Path) -> None:
+    """Without data: countdown-data gen's defaults, 100,000 puzzles a group; with: its rows."""
+    args = ["plan", "--size", "1.5b", "--out", str(tmp_path / "run")]
+    res = invoke(*args, "--data-dir", str(tmp_path / "none"))
+    assert res.exit_code == 0, res.output
+    out = res.output
+    per_stage = GenConfig().train_size // 128 * 15
+    assert "ContinualCountdown_1.5b: 12 stages" in out and "countdown-data gen's defaults" in out
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("#   R")]
+    assert len(rows) == 12 and all(r[2] == f"{per_stage:,}" for r in rows)
+    total = next(ln.split() for ln in out.splitlines() if ln.startswith("#   total"))
+    assert total[2] == f"{12 * per_stage:,}"
+    data = json.loads(invoke(*args, "--data-dir", str(tmp_path / "none"), "--json").output)
+    size, stages = data["size"], data["stages"]
+    assert size["steps"] == sum(s["steps"] for s in stages) == 12 * per_stage
+    assert size["disk_needed_bytes"] == max(s["disk_peak_bytes"] for s in stages)
+    assert f"disk: about {checks.human_bytes(size['disk_needed_bytes'])} free needed" in out
+    assert not (tmp_path / "run").exists()  # plan writes nothing
+    # From the data that is there: 40 rows per group at batch 8, 2 epochs, capped at 7 steps.
+    small = ["--train-batch-size", "8", "--ppo-mini-batch-size", "8", "--epochs", "2"]
+    data = json.loads(invoke(*args, "--data-dir", str(data_dir), *small, "--json").output)
+    assert data["size"]["data_found"] and data["stages"][0]["steps"] == 10
+    capped = json.loads(
+        invoke(*args, "--data-dir", str(data_dir), *small, "--max-steps", "7", "--json").output
+    )
+    assert capped["stages"][0]["steps"] == 7
+    assert "trainer.total_training_steps=7" in capped["stages"][0]["argv"]
 
 
 def test_plan_tiny_shows_the_model_it_will_build_without_building_it(tmp_path: Path) -> None:
@@ -174,17 +204,6 @@ def test_hub_ids_pass_the_model_check(data_dir: Path) -> None:
         checks.preflight(resolve_config("0.5b", data_dir=data_dir, model="./Qwen2.5"), gpus=2)
 
 
-def test_disk_check(
-    data_dir: Path, hf_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path)
-    assert checks.checkpoint_bytes(cfg, "Qwen/Qwen2.5-1.5B") > 40e9  # actor + critic, with Adam
-    monkeypatch.setattr(checks.shutil, "disk_usage", lambda _p: type("U", (), {"free": 10**9})())
-    with pytest.raises(TrainerError, match="not enough disk for this stage and the 3 after it"):
-        checks.check_disk(cfg, "Qwen/Qwen2.5-1.5B", stages_after=3)
-    checks.check_disk(resolve_config("tiny", out=tmp_path, model=str(hf_model)), str(hf_model))
-
-
 def test_a_damaged_parquet_is_named_before_any_work(data_dir: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -197,32 +216,6 @@ def test_a_damaged_parquet_is_named_before_any_work(data_dir: Path, tmp_path: Pa
     text = str(err.value)
     assert "plus_minus/test.parquet" in text and "countdown-data validate" in text
     assert "\n" not in text
-
-
-def test_disk_sizes_read_in_human_units() -> None:
-    assert checks.human_bytes(2_500_000) == "2.5 MB"
-    assert checks.human_bytes(30e9) == "30.0 GB"
-    assert checks.human_bytes(12_345) == "12.3 kB"
-    assert checks.human_bytes(10) == "10 B"
-
-
-def test_disk_estimate_counts_parameters_not_bytes(tmp_path: Path) -> None:
-    """A stage-2 start model is an fp32 export: counted by its parameters, it is not twice the
-    base model; a finished stage keeps one full checkpoint (fp32 export + shards + Adam)."""
-    import torch
-    from safetensors.torch import save_file
-
-    weights = {"a": torch.zeros(1000, 10), "b": torch.zeros(500)}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        (tmp_path / name).mkdir()
-        save_file(
-            {k: v.to(dtype) for k, v in weights.items()}, tmp_path / name / "model.safetensors"
-        )
-        assert checks.model_params(str(tmp_path / name), 0) == 10_500
-    cfg = resolve_config("tiny", out=tmp_path / "run")
-    ckpt = checks.checkpoint_bytes(cfg, str(tmp_path / "fp32"))
-    assert ckpt == 10_500 * (4 + 4 + 8)  # GRPO: the actor only
-    assert checks.disk_needed(cfg, str(tmp_path / "fp32"), stages_after=3) == 2 * ckpt + 3 * ckpt
 
 
 def test_seeds_run_one_curriculum_per_seed(data_dir: Path, hf_model: Path, tmp_path: Path) -> None:

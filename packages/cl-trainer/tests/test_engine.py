@@ -6,77 +6,105 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from cl_trainer.checkpoints import latest_export
+from cl_trainer.checkpoints import has_weights
 from cl_trainer.config import TrainerConfig, resolve_config
 from cl_trainer.engine import Engine, RunLock, link_model_dir
 from cl_trainer.errors import TrainerError
+from cl_trainer.sizing import peak_checkpoints, run_size
+from cl_trainer.stages import plan_stages
 
 from .conftest import Recorder
 
 GROUPS2 = ["plus", "plus_minus"]
 
 
-def make_cfg(data_dir: Path, model: Path, out: Path, **kw: object) -> TrainerConfig:
-    """2 groups x 2 rounds; 40 rows / batch 8 = 5 steps per stage, checkpoints at 2, 4, 5."""
-    opts: dict[str, object] = dict(
-        algo="ppo",
-        rounds=2,
-        epochs=1,
-        groups=GROUPS2,
-        data_dir=data_dir,
-        out=out,
-        model=str(model),
-        train_batch_size=8,
-        ppo_mini_batch_size=4,
-        save_freq=2,
-        test_freq=100,
-    )
-    opts.update(kw)
-    return resolve_config("tiny", **opts)
+@dataclass
+class EngineCase:
+    """One engine test's world: the shared data set and model, a run directory, the fake veRL's
+    record of every stage it ran (one JSON line per call), and every engine's reporter."""
+
+    data_dir: Path
+    model: Path
+    run: Path
+    calls: Path
+    backend: list[str]
+    monkeypatch: pytest.MonkeyPatch
+    reporters: list[Recorder] = field(default_factory=list)
+    """The reporter of every engine run, newest last."""
+
+    def cfg(self, **kw: object) -> TrainerConfig:
+        """2 groups x 2 rounds; 40 rows / batch 8 = 5 steps per stage, checkpoints at 2, 4, 5."""
+        opts: dict[str, object] = dict(
+            algo="ppo",
+            rounds=2,
+            epochs=1,
+            groups=GROUPS2,
+            data_dir=self.data_dir,
+            out=self.run,
+            model=str(self.model),
+            train_batch_size=8,
+            ppo_mini_batch_size=4,
+            save_freq=2,
+            test_freq=100,
+        )
+        return resolve_config("tiny", **(opts | kw))
+
+    def engine(
+        self,
+        cfg: TrainerConfig,
+        fail: str = "",
+        force: bool = False,
+        backend: list[str] | None = None,
+    ) -> int:
+        """Run the engine; ``fail`` (``experiment:step``) makes the fake veRL crash there."""
+        self.monkeypatch.setenv("FAKE_VERL_FAIL", fail)
+        self.reporters.append(Recorder())
+        backend_cmd = backend or self.backend
+        return Engine(cfg, self.reporters[-1], force=force, backend_cmd=backend_cmd).run()
+
+    def calls_made(self) -> list[dict]:
+        lines = self.calls.read_text().splitlines() if self.calls.exists() else []
+        return [json.loads(line) for line in lines]
+
+    def notes(self) -> str:
+        """What the newest engine told its user besides the stages' output, as one string."""
+        return " ".join(self.reporters[-1].notes)
+
+    def record(self) -> dict:
+        """run.json as the file says (not as the typed reader would fill it in)."""
+        return json.loads((self.run / "run.json").read_text())
 
 
-def run_engine(
-    cfg: TrainerConfig,
-    backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-    calls: Path,
-    fail: str = "",
-    force: bool = False,
-) -> int:
-    monkeypatch.setenv("FAKE_VERL_CALLS", str(calls))
-    monkeypatch.setenv("FAKE_VERL_FAIL", fail)
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    return Engine(cfg, Recorder(), force=force, backend_cmd=backend).run()
-
-
-def read_calls(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def manifest(run: Path) -> dict:
-    return json.loads((run / "run.json").read_text())
-
-
-def test_full_run_chains_models_and_writes_everything(
+@pytest.fixture
+def case(
     data_dir: Path,
     hf_model: Path,
     tmp_path: Path,
     fake_backend: list[str],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, critic_init="chain")
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+) -> EngineCase:
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_VERL_CALLS", str(calls))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    return EngineCase(data_dir, hf_model, tmp_path / "run", calls, fake_backend, monkeypatch)
 
-    m = manifest(run)
+
+def test_full_run_chains_models_and_writes_everything(case: EngineCase) -> None:
+    run = case.run
+    cfg = case.cfg(critic_init="chain")
+    assert case.engine(cfg) == 0
+
+    m = case.record()
     assert m["schema_version"] == 1 and m["name"] == "ContinualCountdown_tiny"
     assert m["backend"] == "local" and m["groups"] == GROUPS2
-    assert m["config"]["algo"] == "ppo" and m["base_model"] == str(hf_model)
+    assert m["config"]["algo"] == "ppo" and m["base_model"] == str(case.model)
     assert set(m["versions"]) == {"cl-trainer", "verl", "torch", "transformers"}
     names = [s["name"] for s in m["stages"]]
     assert names == ["R1_plus", "R1_plus_minus", "R2_plus", "R2_plus_minus"]
@@ -88,9 +116,9 @@ def test_full_run_chains_models_and_writes_everything(
         assert "step:0 - val-core/countdown_plus/acc/mean@1:" in log and "step:5 -" in log
 
     # Chaining: each stage starts from the previous stage's final model (actor and critic).
-    c = read_calls(calls)
+    c = case.calls_made()
     assert [x["experiment"] for x in c] == [f"ContinualCountdown_{n}" for n in names]
-    assert c[0]["model"] == c[0]["critic"] == str(hf_model)
+    assert c[0]["model"] == c[0]["critic"] == str(case.model)
     for prev, cur in zip(m["stages"], c[1:], strict=False):
         assert cur["model"] == str(run / prev["final_model"])
         assert cur["critic"] == str(run / "critics" / prev["final_model"].split("/")[1])
@@ -114,33 +142,24 @@ def test_full_run_chains_models_and_writes_everything(
     prev_final = run / "metrics" / "final_1_plus_minus" / "model.safetensors"
     assert os.stat(init).st_ino == os.stat(prev_final).st_ino
     base_init = run / "metrics" / "initial_1_plus" / "model.safetensors"
-    assert base_init.read_bytes() == (hf_model / "model.safetensors").read_bytes()
+    assert base_init.read_bytes() == (case.model / "model.safetensors").read_bytes()
 
-    # Pruning: only the last checkpoint (keep-checkpoints 1) survives; it stays resumable.
-    ckpt = run / "checkpoints" / "R1_plus"
-    assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_5"]
-    assert latest_export(ckpt) == 5
-    assert (final / "model.safetensors").is_file()
+    # Pruning: a done stage keeps its exports only (keep-checkpoints 0), actor and critic.
+    for s in m["stages"]:
+        assert list((run / "checkpoints" / s["name"]).iterdir()) == []
+        assert has_weights(run / s["final_model"])
+        assert has_weights(run / "critics" / s["final_model"].split("/")[1])
 
     # Running the same command again is a no-op.
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    assert len(read_calls(calls)) == 4
+    assert case.engine(cfg) == 0
+    assert len(case.calls_made()) == 4
 
 
-def test_failure_then_resume_mid_stage(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, keep_checkpoints=2)
-    code = run_engine(
-        cfg, fake_backend, monkeypatch, calls, fail="ContinualCountdown_R1_plus_minus:3"
-    )
-    assert code == 1
-    m = manifest(run)
+def test_failure_then_resume_mid_stage(case: EngineCase) -> None:
+    run = case.run
+    cfg = case.cfg(algo="grpo", rounds=1, keep_checkpoints=2)
+    assert case.engine(cfg, fail="ContinualCountdown_R1_plus_minus:3") == 1
+    m = case.record()
     done, failed = m["stages"]
     assert done["status"] == "done"
     assert failed["status"] == "failed" and failed["exit_code"] == 1
@@ -150,8 +169,8 @@ def test_failure_then_resume_mid_stage(
     done_before = (run / "metrics" / "final_1_plus" / "config.json").read_text()
 
     # Resume: the done stage is skipped, the failed one continues from its step-2 checkpoint.
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    c = read_calls(calls)
+    assert case.engine(cfg) == 0
+    c = case.calls_made()
     assert [x["experiment"] for x in c] == [
         "ContinualCountdown_R1_plus",
         "ContinualCountdown_R1_plus_minus",
@@ -159,108 +178,79 @@ def test_failure_then_resume_mid_stage(
     ]
     log = (run / "logs" / "ContinualCountdown_R1_plus_minus.log").read_text()
     assert "CUDA out of memory" in log and "setting global step to 2" in log  # appended
-    stage = manifest(run)["stages"][1]
+    stage = case.record()["stages"][1]
     assert stage["status"] == "done" and stage["error_tail"] is None and stage["global_steps"] == 5
     assert (run / "metrics" / "final_1_plus" / "config.json").read_text() == done_before
     ckpt = run / "checkpoints" / "R1_plus_minus"
     assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_4", "global_step_5"]
 
 
-def test_resume_after_interruption_before_and_after_a_stage(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1)
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    m = manifest(run)
-    # "After a stage": the process finished but the engine died before recording it.
+def test_resume_after_interruption_before_and_after_a_stage(case: EngineCase) -> None:
+    run = case.run
+    kept = case.cfg(algo="grpo", rounds=1, keep_checkpoints=1)
+    assert case.engine(kept) == 0
+    m = case.record()
+    # "After a stage": the process finished but the engine died before recording it (and so
+    # before pruning: a stage is recorded done first).
     m["stages"][1].update(status="running", finished_at=None)
+    cfg = case.cfg(algo="grpo", rounds=1)
     # ... and a stage killed with the engine (status running, no checkpoint yet) is "before".
     (run / "run.json").write_text(json.dumps(m))
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    c = read_calls(calls)
+    assert case.engine(cfg) == 0
+    c = case.calls_made()
     assert [x["experiment"] for x in c][2:] == ["ContinualCountdown_R1_plus_minus"]
-    assert all(s["status"] == "done" for s in manifest(run)["stages"])
+    assert all(s["status"] == "done" for s in case.record()["stages"])
     # veRL (resume_mode=auto) found the finished checkpoint: it validates again, trains no step.
     log = (run / "logs" / "ContinualCountdown_R1_plus_minus.log").read_text()
     trained = [ln for ln in log.splitlines() if "step:5 -" in ln and "pg_loss" in ln]
     assert len(trained) == 1 and "setting global step to 5" in log
+    # Now kept to 0: the done stage's checkpoints go at the start, the resumed one's at its end.
+    assert not list((run / "checkpoints").glob("*/global_step_*"))
+    assert has_weights(run / "metrics" / "final_1_plus")
 
 
-def test_interruption_before_any_stage_ran(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
-    assert (
-        run_engine(cfg, [*fake_backend[:1], "-c", "import sys; sys.exit(137)"], monkeypatch, calls)
-        == 137
-    )
-    assert manifest(run)["stages"][0]["status"] == "failed"
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    assert manifest(run)["stages"][0]["status"] == "done"
+def test_interruption_before_any_stage_ran(case: EngineCase) -> None:
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    killed = [sys.executable, "-c", "import sys; sys.exit(137)"]
+    assert case.engine(cfg, backend=killed) == 137
+    assert case.record()["stages"][0]["status"] == "failed"
+    assert case.engine(cfg) == 0
+    assert case.record()["stages"][0]["status"] == "done"
 
 
-def test_config_change_is_refused_unless_forced(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+def test_config_change_is_refused_unless_forced(case: EngineCase) -> None:
+    run = case.run
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    assert case.engine(cfg) == 0
     before = (run / "run.json").read_text()
-    changed = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"], epochs=2)
+    changed = case.cfg(algo="grpo", rounds=1, groups=["plus"], epochs=2)
     with pytest.raises(TrainerError, match=r"epochs: 1 -> 2.*--force"):
-        run_engine(changed, fake_backend, monkeypatch, calls)
+        case.engine(changed)
     assert (run / "run.json").read_text() == before
     # Keys that do not change the training (keep-checkpoints, W&B) are not a config change.
-    same = make_cfg(
-        data_dir,
-        hf_model,
-        run,
+    same = case.cfg(
         algo="grpo",
         rounds=1,
         groups=["plus"],
         keep_checkpoints=3,
         wandb=False,
     )
-    assert run_engine(same, fake_backend, monkeypatch, calls) == 0
+    assert case.engine(same) == 0
     # --force continues with the new config; finished stages stay finished.
-    assert run_engine(changed, fake_backend, monkeypatch, calls, force=True) == 0
-    assert manifest(run)["config"]["epochs"] == 2
-    assert len(read_calls(calls)) == 1
+    assert case.engine(changed, force=True) == 0
+    assert case.record()["config"]["epochs"] == 2
+    assert len(case.calls_made()) == 1
 
 
-def test_missing_checkpoint_marks_stage_failed(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(
-        data_dir,
-        hf_model,
-        run,
+def test_missing_checkpoint_marks_stage_failed(case: EngineCase) -> None:
+    cfg = case.cfg(
         algo="grpo",
         rounds=1,
         groups=["plus"],
         overrides=["trainer.save_freq=-1"],
     )
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 1
-    stage = manifest(run)["stages"][0]
+    assert case.engine(cfg) == 1
+    stage = case.record()["stages"][0]
     assert stage["status"] == "failed" and "save_freq" in stage["error_tail"]
 
 
@@ -281,37 +271,27 @@ def test_link_model_dir_falls_back_when_hard_links_fail(
 
 
 def test_a_second_engine_on_a_held_run_dir_is_refused_and_a_stale_lock_is_not(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    case: EngineCase,
 ) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+    run = case.run
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
     with RunLock(run), pytest.raises(TrainerError, match=rf"pid {os.getpid()} on \S+ since"):
-        run_engine(cfg, fake_backend, monkeypatch, calls)
-    assert read_calls(calls) == [] and not (run / "run.json").exists()
+        case.engine(cfg)
+    assert case.calls_made() == [] and not (run / "run.json").exists()
     # The lock file of a dead holder stays behind; it must not block.
     (run / ".cl-trainer.lock").write_text('{"pid": 999999, "host": "gone", "since": "then"}\n')
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    assert case.engine(cfg) == 0
 
 
-def test_run_json_and_the_tracker_follow_the_umask(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_run_json_and_the_tracker_follow_the_umask(case: EngineCase) -> None:
     """Readable by the other users of a shared filesystem, as any open() would make them."""
     from cl_trainer.local.checkpoint import save
 
     old = os.umask(0o022)
     try:
-        run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-        cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
-        assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+        run = case.run
+        cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+        assert case.engine(cfg) == 0
         assert stat.S_IMODE((run / "run.json").stat().st_mode) == 0o644
 
         import torch
@@ -328,12 +308,12 @@ def test_run_json_and_the_tracker_follow_the_umask(
             )
         )
         optim = torch.optim.AdamW(model.parameters())
-        root = tmp_path / "ckpt"
+        root = case.run.parent / "ckpt"
         save(
             root,
             1,
             model,
-            AutoTokenizer.from_pretrained(hf_model),
+            AutoTokenizer.from_pretrained(case.model),
             optim={"optimizer": optim.state_dict()},
             extra={},
             data={},
@@ -345,56 +325,181 @@ def test_run_json_and_the_tracker_follow_the_umask(
         os.umask(old)
 
 
-def test_stale_temps_of_a_killed_engine_are_removed(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
+def test_stale_temps_of_a_killed_engine_are_removed(case: EngineCase) -> None:
+    run = case.run
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
     ckpt = run / "checkpoints" / "R1_plus"
     stale = [run / ".run.json.x1.tmp", ckpt / ".global_step_3.ab.tmp" / "actor"]
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("half")
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
+    assert case.engine(cfg) == 0
     assert not (run / ".run.json.x1.tmp").exists()
     assert not (ckpt / ".global_step_3.ab.tmp").exists()
 
 
-def test_ppo_critic_starts_from_each_stage_actor_by_default(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_ppo_critic_starts_from_each_stage_actor_by_default(case: EngineCase) -> None:
     """As the original experiments: a fresh value head on the stage's starting policy."""
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, rounds=1)
+    run = case.run
+    cfg = case.cfg(rounds=1)
     assert cfg.critic_init == "actor"
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 0
-    c = read_calls(calls)
+    assert case.engine(cfg) == 0
+    c = case.calls_made()
     assert [x["critic"] for x in c] == [x["model"] for x in c]
     assert c[1]["model"] == str(run / "metrics" / "final_1_plus")
 
 
-def test_an_export_without_weights_is_not_a_final_model(
-    data_dir: Path,
-    hf_model: Path,
-    tmp_path: Path,
-    fake_backend: list[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_export_without_weights_is_not_a_final_model(case: EngineCase) -> None:
     """veRL writes config.json before the weights: only the weights file makes it complete."""
-    run, calls = tmp_path / "run", tmp_path / "calls.jsonl"
-    cfg = make_cfg(data_dir, hf_model, run, algo="grpo", rounds=1, groups=["plus"])
-    monkeypatch.setenv("FAKE_VERL_NO_WEIGHTS", "1")
-    assert run_engine(cfg, fake_backend, monkeypatch, calls) == 1
-    stage = manifest(run)["stages"][0]
+    run = case.run
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    case.monkeypatch.setenv("FAKE_VERL_NO_WEIGHTS", "1")
+    assert case.engine(cfg) == 1
+    stage = case.record()["stages"][0]
     assert (
         stage["status"] == "failed" and "no global_step_N/actor/huggingface" in stage["error_tail"]
     )
     assert not (run / "metrics" / "final_1_plus").exists()
+
+
+def test_a_remedy_on_data_rewrites_each_later_stage_training_file(case: EngineCase) -> None:
+    """Replay through the engine: the first stage trains on its own file, every later one on a
+    mix of its own and the earlier groups' puzzles, recorded with what it drew from."""
+    import pyarrow.parquet as pq
+
+    cfg = case.cfg(algo="grpo", between_stages=["replay:fraction=0.5"])
+    assert case.engine(cfg) == 0
+    trained = [
+        next(a.split("=", 1)[1] for a in c["argv"] if a.startswith("data.train_files="))
+        for c in case.calls_made()
+    ]
+    assert trained[0] == str(case.data_dir / "plus" / "train.parquet")
+    stages = case.record()["stages"]
+    assert stages[0]["remedies"] == []
+    for stage, path in zip(stages[1:], trained[1:], strict=True):
+        assert path == str(case.run / "replay" / stage["name"] / "train.parquet")
+        (rec,) = stage["remedies"]
+        assert rec["name"] == "replay" and rec["params"] == {"fraction": 0.5}
+        assert rec["changed"]["rows"] == 40 and rec["changed"]["replayed"] == 20
+        groups = [r["group"] for r in pq.read_table(path).column("extra_info").to_pylist()]
+        assert groups.count(stage["group"]) == 20 and set(groups) == set(GROUPS2)
+    assert stages[1]["remedies"][0]["changed"]["from"] == ["plus"]
+    assert stages[2]["remedies"][0]["changed"]["from"] == ["plus_minus"]  # not its own group
+
+
+def test_a_newly_declared_remedy_on_data_needs_no_engine_change(case: EngineCase) -> None:
+    from cl_trainer.remedies import REMEDIES, Param, register_remedy, replay
+
+    @register_remedy("replay-all", acts_on="data", params={"share": Param(0.75, low=0, high=1)})
+    def replay_all(params, inputs):
+        return replay({"fraction": params["share"]}, inputs)
+
+    try:
+        cfg = case.cfg(algo="grpo", rounds=1, between_stages=["replay-all"])
+        assert case.engine(cfg) == 0
+    finally:
+        del REMEDIES["replay-all"]
+    (rec,) = case.record()["stages"][1]["remedies"]
+    assert rec["name"] == "replay-all" and rec["params"] == {"share": 0.75}
+    assert rec["changed"] == {"rows": 40, "replayed": 30, "from": ["plus"]}
+    assert case.record()["config"]["between_stages"] == ["replay-all:share=0.75"]
+
+
+def test_a_run_json_from_an_older_or_hand_edited_file_resumes(case: EngineCase) -> None:
+    """Keys the reader does not know are ignored; keys it knows with the wrong type stop the
+    trainer with the fix, before anything runs."""
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    assert case.engine(cfg) == 0
+    m = case.record()
+    m["stages"][0]["future_key"] = 1
+    m["stages"][0]["status"] = "running"
+    del m["cpu_overlay"], m["stages"][0]["error_tail"]
+    (case.run / "run.json").write_text(json.dumps(m))
+    assert case.engine(cfg) == 0 and case.record()["stages"][0]["status"] == "done"
+    m["stages"][0]["global_steps"] = "five"
+    (case.run / "run.json").write_text(json.dumps(m))
+    with pytest.raises(TrainerError, match=r"stages\[0\]\.global_steps is a string.*--out"):
+        case.engine(cfg)
+    assert len(case.calls_made()) == 2
+
+
+def test_a_setting_added_since_the_run_began_is_no_change_at_its_default(
+    case: EngineCase,
+) -> None:
+    """run.json from a trainer without ``val_max_samples`` and ``max_steps``: resuming it with
+    their defaults is the same training; asking for another value is a change like any other."""
+    added = ("val_max_samples", "max_steps")
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"])
+    assert case.engine(cfg) == 0
+    m = case.record()
+    for key in added:
+        del m["config"][key]
+    m["stages"][0]["status"] = "interrupted"
+    (case.run / "run.json").write_text(json.dumps(m))
+    assert case.engine(cfg) == 0
+    m = case.record()
+    for key in added:
+        del m["config"][key]
+    (case.run / "run.json").write_text(json.dumps(m))
+    for key, value in zip(added, (4, 3), strict=True):
+        changed = case.cfg(algo="grpo", rounds=1, groups=["plus"], **{key: value})
+        with pytest.raises(TrainerError, match=rf"{key}: None -> {value}"):
+            case.engine(changed)
+
+
+def test_a_resumed_stage_holds_what_the_disk_check_counts(case: EngineCase) -> None:
+    """veRL rotates out only checkpoints written by the same process: before a resume the engine
+    keeps just the tracker's step, so the stage holds one more checkpoint than a fresh one, as
+    ``peak_checkpoints`` counts, however often it is resumed."""
+    held = case.run.parent / "held"
+    case.monkeypatch.setenv("FAKE_VERL_HELD", str(held))
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"], epochs=3, save_freq=2)
+    # 15 steps, checkpoints at 2, 4, ..., 14 and 15
+    assert case.engine(cfg, fail="ContinualCountdown_R1_plus:5") == 1
+    ckpt = case.run / "checkpoints" / "R1_plus"
+    assert sorted(p.name for p in ckpt.glob("global_step_*")) == ["global_step_2", "global_step_4"]
+    half = ckpt / "global_step_6" / "actor"  # a save cut short: written before the tracker
+    half.mkdir(parents=True)
+    assert case.engine(cfg, fail="ContinualCountdown_R1_plus:9") == 1
+    assert "removed the checkpoints of step 2, 6" in case.notes()
+    assert case.engine(cfg) == 0
+    assert len(case.calls_made()) == 3
+    (size,) = run_size(cfg, plan_stages(cfg))
+    held_at_saves = [int(n) for n in held.read_text().split()]
+    assert max(held_at_saves) == peak_checkpoints(cfg, size.checkpoints) == 3
+    assert list(ckpt.iterdir()) == []  # done: the exports are all that is left
+
+
+def test_done_stages_are_pruned_only_with_complete_exports(case: EngineCase) -> None:
+    run = case.run
+    kept = case.cfg(rounds=1, keep_checkpoints=2)
+    assert case.engine(kept) == 0
+
+    def steps(name: str) -> list[str]:
+        return sorted(p.name for p in (run / "checkpoints" / name).glob("global_step_*"))
+
+    assert steps("R1_plus") == ["global_step_4", "global_step_5"]
+    (run / "critics" / "final_1_plus_minus" / "model.safetensors").unlink()
+    # The same run with the default: done stages lose their checkpoints when nothing is lost.
+    assert case.engine(case.cfg(rounds=1)) == 0
+    assert steps("R1_plus") == [] and steps("R1_plus_minus") == ["global_step_4", "global_step_5"]
+    notes = case.notes()
+    assert "[R1_plus] removed the checkpoints of step 4, 5" in notes
+    assert (
+        "[R1_plus_minus] keeping its checkpoints" in notes and "critics/final_1_plus_minus" in notes
+    )
+
+
+def test_the_wandb_key_travels_in_no_ray_job_config(case: EngineCase) -> None:
+    """On a Ray cluster every actor inherits its node's ``ray start`` environment, which carries
+    the key; a job's runtime environment would show it in Ray's dashboard and state API."""
+    from cl_trainer import tracking
+
+    cfg = case.cfg(algo="grpo", rounds=1, groups=["plus"], ray_address="10.0.0.1:6379")
+    case.monkeypatch.setattr(tracking, "_reachable", lambda: True)
+    case.monkeypatch.setenv("WANDB_API_KEY", "key-123-secret")
+    case.monkeypatch.setenv("WANDB_MODE", "online")
+    assert case.engine(cfg) == 0
+    (call,) = case.calls_made()
+    assert call["wandb_mode"] == "online"
+    assert "key-123-secret" not in json.dumps([call["argv"], call["ray_job_config"]])

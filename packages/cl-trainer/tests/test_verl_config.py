@@ -18,11 +18,12 @@ from omegaconf import DictConfig
 from verl.trainer.ppo.utils import need_critic, need_reference_policy
 from verl.utils.config import validate_config
 
+from cl_rundir.layout import Stage
 from cl_trainer.config import preset_value, resolve_config
 from cl_trainer.overrides import stage_overrides
 from cl_trainer.presets import PRESETS
-from cl_trainer.stages import Stage, stage_plan
-from cl_trainer.tracking import secret_env, wandb_env
+from cl_trainer.stages import stage_plan
+from cl_trainer.tracking import wandb_env
 
 CONFIG_DIR = str(Path(verl.__file__).parent / "trainer" / "config")
 
@@ -56,6 +57,10 @@ def test_overrides_compose_and_validate(
     assert conf.data.max_prompt_length == preset("max_prompt_length")
     assert arr.model.path == str(hf_model)
     assert arr.rollout.name == "vllm"
+    # vLLM's context: a prompt and its answer, not the model's 32k positions.
+    assert arr.rollout.max_model_len == preset("max_prompt_length") + preset("max_response_length")
+    assert arr.rollout.max_model_len == arr.rollout.prompt_length + arr.rollout.response_length
+    assert conf.trainer.total_training_steps is None  # every epoch unless capped
     local = preset("backend") == "local"
     assert arr.rollout.tensor_model_parallel_size == (1 if local else preset("tp"))
     assert arr.actor.ppo_mini_batch_size == preset("ppo_mini_batch_size")
@@ -132,6 +137,25 @@ def test_scale_options_and_user_overrides_reach_verl(
     assert list(conf.trainer.logger) == ["console"]
 
 
+def test_a_step_cap_reaches_verl_and_never_exceeds_the_epochs(
+    data_dir: Path, hf_model: Path, tmp_path: Path
+) -> None:
+    """``--max-steps`` is veRL's ``trainer.total_training_steps``, which replaces the epochs'
+    count; above it, veRL's loop would end on the epochs before its last step (no final save)."""
+    for cap, steps in ((3, 3), (50, 10)):  # 40 rows / batch 8 x 2 epochs = 10 steps
+        cfg = resolve_config(
+            "0.5b", data_dir=data_dir, out=tmp_path, max_steps=cap, epochs=2,
+            train_batch_size=8, ppo_mini_batch_size=8,
+        )  # fmt: skip
+        conf = compose_stage(
+            stage_overrides(cfg, Stage(0, 1, "plus"), actor_path=str(hf_model), critic_path=None)
+        )
+        validate_config(
+            conf, use_reference_policy=need_reference_policy(conf), use_critic=need_critic(conf)
+        )
+        assert conf.trainer.total_training_steps == steps
+
+
 RAY_SCRIPT = """
 import json, os, sys
 import ray
@@ -141,36 +165,44 @@ from hydra import compose, initialize_config_dir
 
 with initialize_config_dir(config_dir=sys.argv[1], version_base=None):
     conf = compose(config_name="ppo_trainer", overrides=json.loads(sys.argv[2]))
-# verl.trainer.main_ppo.run_ppo's ray.init, with a local cluster standing in for the remote one
+# verl.trainer.main_ppo.run_ppo's ray.init, on a local node started with the key in its
+# environment as `ray start` on a cluster node is (deploy/compose.cluster.yaml)
 ray_init = conf.ray_kwargs.get("ray_init", {})
 runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(conf), ray_init.get("runtime_env", {}))
 kwargs = OmegaConf.to_container(OmegaConf.create({**ray_init, "runtime_env": runtime_env}))
 print("printed by veRL:", kwargs)
 kwargs.pop("address")
+os.environ["WANDB_API_KEY"] = sys.argv[3]
 ray.init(**{**kwargs, "num_cpus": 1, "include_dashboard": False})
+del os.environ["WANDB_API_KEY"]  # from here on, only the node's processes hold it
 
 @ray.remote
 def seen():
-    return [os.environ.get(k) for k in ("WANDB_API_KEY", "WANDB_RUN_GROUP")]
+    env = ray.get_runtime_context().runtime_env
+    return [os.environ.get(k) for k in ("WANDB_API_KEY", "WANDB_RUN_GROUP")], env
 
-print("actor sees:", json.dumps(ray.get(seen.remote())))
+values, actor_env = ray.get(seen.remote())
+print("actor sees:", json.dumps(values))
+print("runtime envs:", json.dumps([ray.get_runtime_context().runtime_env, actor_env]))
 ray.shutdown()
 """
 
 
-def test_the_wandb_key_reaches_cluster_actors_but_no_argv_or_log(
+def test_the_wandb_key_reaches_cluster_actors_from_the_nodes_environment_only(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Ray's dashboard and state API show every job's and actor's runtime environment; the key
+    must reach wandb.init in veRL's actors without being in one."""
     monkeypatch.setenv("WANDB_API_KEY", "key-123-secret")
     monkeypatch.delenv("WANDB_MODE", raising=False)
     cfg = resolve_config("1.5b", data_dir=data_dir, out=tmp_path, ray_address="10.0.0.1:6379")
     env = wandb_env(cfg)
     plan = stage_plan(cfg, env=env)[0]
+    assert env["WANDB_MODE"] == "online"
     assert "key-123-secret" not in json.dumps([plan.argv, plan.env])
-    secret = secret_env(cfg, env)
-    child_env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"} | secret
+    child_env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
     proc = subprocess.run(
-        [sys.executable, "-c", RAY_SCRIPT, CONFIG_DIR, json.dumps(plan.argv[3:])],
+        [sys.executable, "-c", RAY_SCRIPT, CONFIG_DIR, json.dumps(plan.argv[3:]), "key-123-secret"],
         env=child_env,
         capture_output=True,
         text=True,
@@ -179,7 +211,7 @@ def test_the_wandb_key_reaches_cluster_actors_but_no_argv_or_log(
     assert proc.returncode == 0, proc.stderr[-3000:]
     printed = next(line for line in proc.stdout.splitlines() if line.startswith("printed by"))
     assert "key-123-secret" not in printed
-    seen = json.loads(proc.stdout.split("actor sees:")[1].strip())
+    seen = json.loads(proc.stdout.split("actor sees:")[1].splitlines()[0])
     assert seen == ["key-123-secret", env["WANDB_RUN_GROUP"]]
-    assert secret_env(cfg, {**env, "WANDB_MODE": "offline"}) == {}
-    assert secret_env(resolve_config("1.5b", data_dir=data_dir), env) == {}
+    runtime_envs = proc.stdout.split("runtime envs:")[1].splitlines()[0]
+    assert env["WANDB_RUN_GROUP"] in runtime_envs and "key-123-secret" not in runtime_envs

@@ -68,8 +68,8 @@ def test_gpu_roles_need_flash_attention_and_preflight_says_so_first(
     actor = omega_conf_to_dataclass(conf.actor_rollout_ref.model, dataclass_type=HFModelConfig)
     assert actor.hf_config._attn_implementation == "flash_attention_2"
     critic = omega_conf_to_dataclass(conf.critic).model
-    if checks.flash_attn_available():
-        pytest.skip("flash-attn is installed here: the GPU path loads")
+    if checks.flash_attn_problem() is None:
+        pytest.skip("flash-attn works here: the GPU path loads")
     with pytest.raises(ImportError, match="FlashAttention2"):
         load_policy(actor)
     with pytest.raises(RuntimeError, match="not a value head model"):  # flash_attention_2, always
@@ -77,7 +77,41 @@ def test_gpu_roles_need_flash_attention_and_preflight_says_so_first(
     cfg = resolve_config("0.5b", data_dir=data_dir, out=tmp_path, model=str(qwen_like))
     with pytest.raises(TrainerError) as err:
         checks.preflight(cfg, gpus=2)
-    assert str(err.value) == checks.NO_FLASH_ATTN
+    assert str(err.value).startswith("FlashAttention-2 does not work here (ModuleNotFoundError")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("extension", "problem"),
+    [
+        # A build against another torch: the package and its metadata are there, its kernels not.
+        (
+            "raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDevice')",
+            "ImportError: flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDevice",
+        ),
+        ("", None),  # an extension that loads (no GPU here to run a kernel on)
+    ],
+    ids=["broken", "loads"],
+)
+def test_preflight_loads_the_compiled_extension_not_just_the_metadata(
+    extension: str,
+    problem: str | None,
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "flash_attn_2_cuda.py").write_text(extension + "\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    cfg = resolve_config("0.5b", data_dir=data_dir, out=tmp_path)
+    assert checks.flash_attn_problem() == problem
+    if problem is None:
+        checks.check_flash_attn(cfg)
+        return
+    with pytest.raises(TrainerError) as err:
+        checks.check_flash_attn(cfg)
+    assert problem in str(err.value) and "FLASH_ATTN_CUDA_ARCHS" in str(err.value)
 
 
 def test_the_cpu_overlay_loads_every_policy_role_with_sdpa(

@@ -19,7 +19,6 @@ import countdown_data.dataset as dataset_mod
 from countdown_data.cli import main
 from countdown_data.dataset import SCHEMA, load_rows, write_table
 from countdown_data.groups import GROUPS, OPERATORS
-from countdown_data.runs import WARM_START_RECORD, completion_style
 from countdown_data.sft import COMPLETION_STYLES, compact_completion, sft_examples
 from countdown_data.templates import group_of_prompt, prompt_operators
 from countdown_reward import compute_score
@@ -129,6 +128,30 @@ def test_bad_options_one_line_and_nothing_written(tmp_path: Path, args: list[str
     assert not (tmp_path / "d").exists()
 
 
+def test_an_unknown_group_names_the_valid_ones_in_every_command(tmp_path: Path) -> None:
+    for args in (["gen", "--out", str(tmp_path / "d")], ["sft", str(tmp_path)]):
+        res = run(*args, "--groups", "plus,times")
+        assert res.exit_code == 2, res.output
+        assert "--groups: unknown group 'times'; choose from plus, plus_minus" in res.output
+
+
+def test_gen_defaults_are_the_generators_own() -> None:
+    """Every ``gen`` option named after a GenConfig field defaults to that field's default."""
+    import dataclasses
+
+    from countdown_data.cli import gen
+    from countdown_data.generate import GenConfig
+
+    defaults = GenConfig()
+    ctx = gen.make_context("gen", [])
+    options = {p.name: p for p in gen.params}
+    for f in dataclasses.fields(GenConfig):
+        value = options[f.name].type_cast_value(ctx, options[f.name].default)
+        if f.name == "groups":
+            value = tuple(value.split(","))
+        assert value == getattr(defaults, f.name), f.name
+
+
 def test_validate_reports_corruption(tmp_path: Path, small_dir: Path) -> None:
     out = tmp_path / "d"
     shutil.copytree(small_dir, out)
@@ -216,14 +239,6 @@ def test_a_compact_sum_copies_the_prompt_order() -> None:
     assert compact_completion("7 + 3 + 5", [3, 5, 7]) == "<think></think><answer>3+5+7</answer>"
     assert compact_completion("(7 - 3) * 5", [3, 5, 7]).endswith("<answer>(7-3)*5</answer>")
     assert compact_completion("7 + 3", [3, 7], open_think=False) == "</think><answer>3+7</answer>"
-
-
-def test_a_base_model_without_a_record_is_scored_on_worked_solutions(tmp_path: Path) -> None:
-    assert completion_style(tmp_path) == "worked"
-    (tmp_path / WARM_START_RECORD).write_text('{"completion_style": "compact"}')
-    assert completion_style(tmp_path) == "compact"
-    (tmp_path / WARM_START_RECORD).write_text("[not json")
-    assert completion_style(tmp_path) == "worked"
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -8,6 +8,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from countdown_reward import compute_score, verify
+from countdown_reward.verifier import TURN_MARKERS
 
 FORMAT = 0.1
 OPS = {
@@ -81,6 +82,22 @@ def test_arbitrary_text_never_raises(text: str, target: int, numbers: list[int])
     for response in (text, f"<answer>{text}</answer>", f"Assistant: <answer>{text}"):
         score = compute_score(None, response, {"target": target, "numbers": numbers})
         assert score in (0.0, FORMAT, 1.0)
+
+
+@given(solved_puzzles(), st.text(max_size=200), st.sampled_from(TURN_MARKERS), st.text(max_size=50))
+def test_the_prompt_never_counts_and_a_made_up_turn_never_hides_an_answer(
+    puzzle: tuple[list[int], int, str], prompt: str, marker: str, after: str
+) -> None:
+    numbers, target, text = puzzle
+    gt = {"target": target, "numbers": numbers}
+    answer = f"<answer>{text}</answer>"
+    # prompt + response: a right answer in the prompt (an example) never scores for the model
+    full = f"{prompt}{answer}{marker}"
+    assert compute_score(None, full + " no idea", gt, includes_prompt=True) == 0.0
+    assert compute_score(None, full + answer, gt, includes_prompt=True) == 1.0
+    # the response alone: a made-up turn after the answer is text; only a later answer tag counts
+    assume("<answer>" not in after and "</answer>" not in after)
+    assert compute_score(None, f"{answer}{marker}{after}", gt) == 1.0
 
 
 def independent_verdict(text: str, target: int, numbers: list[int]) -> bool:

@@ -1,6 +1,5 @@
 """Example tests: one per scoring rule of the Countdown verifier."""
 
-import time
 from fractions import Fraction
 
 import pytest
@@ -15,6 +14,7 @@ from countdown_reward import (
     extract_answer,
     verify,
 )
+from countdown_reward.bench import ADVERSARIAL
 
 GT = {"target": 24, "numbers": [4, 6, 2, 1]}
 
@@ -106,14 +106,28 @@ def test_last_answer_tag_counts() -> None:
     assert compute_score(None, tag("4 * 6 * (2 - 1)") + tag("4 + 6"), GT) == 0.1
 
 
-def test_only_text_after_last_turn_marker_counts() -> None:
+def test_a_made_up_turn_after_the_answer_is_just_text_in_a_response() -> None:
+    # veRL 0.9.1 and TRL pass the response alone: no prompt to guard against
+    made_up = tag("4 * 6 * (2 - 1)") + "\nUser: thanks\nAssistant: you are welcome"
+    assert compute_score(None, made_up, GT) == 1.0
+    assert verify(made_up, 24, [4, 6, 2, 1]).correct
+    assert compute_score(None, made_up + tag("4 + 6"), GT) == 0.1  # the last tag still counts
+    assert extract_answer("<answer>1</answer><|im_start|>assistant\n") == "1"
+
+
+def test_with_the_prompt_only_text_after_last_turn_marker_counts() -> None:
     prompt = "User: answer like <answer> (1 + 2) / 3 </answer>. Assistant: Let me solve this."
-    assert compute_score(None, prompt + tag("4 * 6 * (2 - 1)"), GT) == 1.0
+    assert compute_score(None, prompt + tag("4 * 6 * (2 - 1)"), GT, includes_prompt=True) == 1.0
     # the example tag in the prompt is not the model's answer
-    assert compute_score(None, prompt + " I give up", GT) == 0.0
+    assert compute_score(None, prompt + " I give up", GT, includes_prompt=True) == 0.0
+    assert compute_score(None, prompt + " I give up", GT) == 0.1  # read as a response, it has one
     chat = "<|im_start|>user\n<answer>4*6*(2-1)</answer><|im_end|>\n<|im_start|>assistant\nhmm"
-    assert compute_score(None, chat, GT) == 0.0
-    assert extract_answer("Assistant: <answer>1</answer> Assistant: <answer>2</answer>") == "2"
+    assert compute_score(None, chat, GT, includes_prompt=True) == 0.0
+    assert not verify(chat, 24, [4, 6, 2, 1], includes_prompt=True).has_answer
+    both = "Assistant: <answer>1</answer> Assistant: <answer>2</answer>"
+    assert extract_answer(both, includes_prompt=True) == "2"
+    assert compute_score_with_acc(None, chat, GT, includes_prompt=True)["score"] == 0.0
+    assert compute_score_batch([None], [chat], [GT], includes_prompt=True) == [0.0]
 
 
 def test_scores_are_configurable() -> None:
@@ -167,32 +181,11 @@ def test_non_string_response_is_a_score_not_an_error() -> None:
     assert compute_score(None, b"<answer>1</answer>", GT) == 0.0  # type: ignore[arg-type]
 
 
-ADVERSARIAL = {
-    "huge literal": tag("9" * 1_000_000),
-    "power tower": tag("9**9**9"),
-    "tinyzero stall": tag("3**7**25-50"),
-    "deep nesting": tag("(" * 10_000 + "4*6*(2-1)" + ")" * 10_000),
-    "many operators": tag("+".join(["1"] * 100_000)),
-    "many tags": "<answer>1</answer>" * 60_000,
-    "open tags": "<answer>" * 120_000 + "</answer>",
-    "no tag megabyte": "x" * 1_000_000,
-    "long think": "<think>" + "let me try 4 * 6. " * 55_000 + "</think>" + tag("4*6*(2-1)"),
-}
-
-
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL))
-def test_adversarial_responses_are_cheap_and_wrong(name: str) -> None:
-    text = ADVERSARIAL[name]
-    expected = 1.0 if name == "long think" else None
-    start = time.perf_counter()
-    score = compute_score(None, text, GT)
-    elapsed = time.perf_counter() - start
-    if expected is None:
-        assert score in (0.0, 0.1)
-    else:
-        assert score == expected
-    # generous bound (CI machines are slow); bench/reward.py reports the real figures
-    assert elapsed < 0.25, f"{name} took {elapsed * 1e3:.1f} ms"
+def test_adversarial_responses_get_their_score(name: str) -> None:
+    # their cost is bench/reward.py's (python -m countdown_reward.bench), not a timed test's
+    case = ADVERSARIAL[name]
+    assert compute_score(None, case.text, case.ground_truth) == case.score
 
 
 def test_long_equations_are_rejected_before_parsing() -> None:

@@ -15,11 +15,12 @@ import numpy as np
 from cl_eval.logs import Entry, ParsedLog, parse_log
 from cl_eval.matrix import Curriculum, compute_metrics, forgetting_matrix, per_round_metrics
 from cl_eval.plasticity import Plasticity, measure
-from cl_eval.run import Run, RunError, Stage, load_run
+from cl_eval.run import Run, RunError, StageFiles, load_run
+from cl_eval.stats import Estimate, MetricKey
 from cl_eval.uncertainty import Uncertainty, estimate
 from cl_eval.weights import CheckpointError, WeightDiff, diff_checkpoints
+from cl_rundir.metric_lines import group_accuracy
 from countdown_data.groups import data_source
-from countdown_data.runs import group_accuracy
 
 TRAIN_KEYS: dict[str, tuple[str, ...]] = {
     "score": ("critic/score/mean",),
@@ -41,55 +42,86 @@ TRAIN_KEYS: dict[str, tuple[str, ...]] = {
 update; kl_loss is the configured estimator (e.g. k3 low_var_kl) of KL(π‖π_ref)."""
 
 
+@dataclass(frozen=True)
+class LoggedValidation:
+    """One validation in a stage log: its step and line, each group's accuracy and the log key
+    it was read from."""
+
+    step: int
+    line: int
+    accuracy: dict[str, float]
+    keys: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Series:
+    """One training metric over a stage's steps (the log key it was read from), summarised."""
+
+    key: str
+    steps: list[int]
+    values: list[float]
+    first: float
+    last: float
+    mean: float | None
+    min: float | None
+    max: float | None
+
+
 @dataclass
 class StageResult:
-    stage: Stage
+    """What one stage's log and checkpoints say: its validations before and after training (and
+    every one between), its training curves, and its weight change (the stage's own, and from
+    the base model)."""
+
+    stage: StageFiles
     log: ParsedLog | None
-    before: dict | None = None
-    after: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    train: dict[str, dict] = field(default_factory=dict)
-    weights_stage: dict | None = None
-    weights_cumulative: dict | None = None
-    matrix_stage: WeightDiff | None = None
-    matrix_cumulative: WeightDiff | None = None
+    before: LoggedValidation | None = None
+    after: LoggedValidation | None = None
+    history: list[LoggedValidation] = field(default_factory=list)
+    train: dict[str, Series] = field(default_factory=dict)
+    weights_stage: WeightDiff | None = None
+    weights_cumulative: WeightDiff | None = None
+
+    @property
+    def train_steps(self) -> list[int]:
+        return self.log.train_steps() if self.log else []
 
 
-def _validation(entry: Entry, groups: list[str]) -> dict:
+def _validation(entry: Entry, groups: list[str]) -> LoggedValidation:
     acc, keys = {}, {}
     for g in groups:
         got = group_accuracy(entry.metrics, data_source(g))
         if got is not None:
             acc[g], keys[g] = got
-    return {"step": entry.step, "line": entry.line, "accuracy": acc, "keys": keys}
+    return LoggedValidation(entry.step, entry.line, acc, keys)
 
 
-def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> StageResult:
-    """Validation before/after and per-step training series of one stage log."""
+def analyse_stage(stage: StageFiles, groups: list[str], warnings: list[str]) -> StageResult:
+    """LoggedValidation before/after and per-step training series of one stage log."""
     if stage.log is None:
         return StageResult(stage, None)
     log = parse_log(stage.log)
     warnings.extend(f"stage {stage.name}: {w}" for w in log.warnings)
     res = StageResult(stage, log)
     vals = [_validation(e, groups) for e in log.validations()]
-    vals = [v for v in vals if v["accuracy"]]
+    vals = [v for v in vals if v.accuracy]
     res.history = vals
     train_steps = log.train_steps()
     if not log.entries:
         warnings.append(f"stage {stage.name}: log has no metric lines")
     if vals:
         res.before = vals[0]
-        if vals[0]["step"] != 0:
+        if vals[0].step != 0:
             warnings.append(
-                f"stage {stage.name}: first validation is at step {vals[0]['step']}, not 0 "
+                f"stage {stage.name}: first validation is at step {vals[0].step}, not 0 "
                 "(val_before_train off or resumed); used as the before-stage accuracy"
             )
         last_train = train_steps[-1] if train_steps else 0
-        if len(vals) > 1 or (vals[-1]["step"] > 0 and vals[-1]["step"] >= last_train):
+        if len(vals) > 1 or (vals[-1].step > 0 and vals[-1].step >= last_train):
             res.after = vals[-1]
-            if vals[-1]["step"] < last_train:
+            if vals[-1].step < last_train:
                 warnings.append(
-                    f"stage {stage.name}: last validation at step {vals[-1]['step']} but training "
+                    f"stage {stage.name}: last validation at step {vals[-1].step} but training "
                     f"reached step {last_train} (stage unfinished?)"
                 )
         else:
@@ -103,16 +135,16 @@ def analyse_stage(stage: Stage, groups: list[str], warnings: list[str]) -> Stage
             if steps_v:
                 xs, ys = [s for s, _ in steps_v], [v for _, v in steps_v]
                 finite = [v for v in ys if math.isfinite(v)]
-                res.train[short] = {
-                    "key": key,
-                    "steps": xs,
-                    "values": ys,
-                    "first": ys[0],
-                    "last": ys[-1],
-                    "mean": float(np.mean(finite)) if finite else None,
-                    "min": min(finite) if finite else None,
-                    "max": max(finite) if finite else None,
-                }
+                res.train[short] = Series(
+                    key=key,
+                    steps=xs,
+                    values=ys,
+                    first=ys[0],
+                    last=ys[-1],
+                    mean=float(np.mean(finite)) if finite else None,
+                    min=min(finite) if finite else None,
+                    max=max(finite) if finite else None,
+                )
                 break
     return res
 
@@ -125,7 +157,7 @@ class Matrix:
     R: np.ndarray
     keys: list[list[str | None]]
     origin: list[str]
-    sources: list[tuple[StageResult, dict] | None]
+    sources: list[tuple[StageResult, LoggedValidation] | None]
 
 
 def build_matrix(run: Run, results: list[StageResult], warnings: list[str]) -> Matrix:
@@ -134,16 +166,16 @@ def build_matrix(run: Run, results: list[StageResult], warnings: list[str]) -> M
     R = np.full((T + 1, G), np.nan)
     keys: list[list[str | None]] = [[None] * G for _ in range(T + 1)]
     origin = ["missing"] * (T + 1)
-    sources: list[tuple[StageResult, dict] | None] = [None] * (T + 1)
+    sources: list[tuple[StageResult, LoggedValidation] | None] = [None] * (T + 1)
 
-    def fill(row: int, res: StageResult, val: dict | None) -> bool:
+    def fill(row: int, res: StageResult, val: LoggedValidation | None) -> bool:
         if not val:
             return False
         for j, g in enumerate(run.groups):
-            if g in val["accuracy"]:
-                R[row, j] = val["accuracy"][g]
-                keys[row][j] = val["keys"][g]
-        origin[row] = f"{res.stage.name} step {val['step']}"
+            if g in val.accuracy:
+                R[row, j] = val.accuracy[g]
+                keys[row][j] = val.keys[g]
+        origin[row] = f"{res.stage.name} step {val.step}"
         sources[row] = (res, val)
         return True
 
@@ -190,8 +222,8 @@ def _weights(res: StageResult, run: Run, warnings: list[str], workers: int | Non
             )
             continue
         same = attr == "cumulative" and st.initial_model is not None
-        if same and start.resolve() == st.initial_model.resolve() and res.matrix_stage:
-            d = res.matrix_stage
+        if same and start.resolve() == st.initial_model.resolve() and res.weights_stage is not None:
+            d = res.weights_stage
         else:
             try:
                 d = diff_checkpoints(start, st.final_model, workers=workers)
@@ -199,32 +231,69 @@ def _weights(res: StageResult, run: Run, warnings: list[str], workers: int | Non
                 warnings.append(f"stage {st.name}: weight change skipped ({exc})")
                 continue
             warnings.extend(f"stage {st.name} ({attr} weight change): {w}" for w in d.warnings)
-        setattr(res, f"matrix_{attr}", d)
-        setattr(res, f"weights_{attr}", d.to_dict(per_tensor=False))
+        setattr(res, f"weights_{attr}", d)
 
 
 @dataclass
 class Analysis:
     """Everything known about a run: stage results, the accuracy matrix R (row 0 = before any
-    training, row k = after stage k), its metrics over the measured stages, and warnings."""
+    training, row k = after stage k) with its intervals, its metrics over the measured stages,
+    the plasticity diagnostics (when the checkpoints were read), and warnings."""
 
     run: Run
     results: list[StageResult]
-    R: np.ndarray
-    keys: list[list[str | None]]
-    origin: list[str]
+    matrix: Matrix
     curriculum: Curriculum
     stages_used: int
+    """The last stage with a measured row: metrics are over stages 1..stages_used."""
     metrics: dict | None
     per_round: dict | None
     F: np.ndarray
+    """The forgetting matrix (``cl_eval.matrix.forgetting_matrix``)."""
     uncertainty: Uncertainty
     plasticity: Plasticity | None
     warnings: list[str]
 
     @property
+    def R(self) -> np.ndarray:
+        return self.matrix.R
+
+    @property
     def row_names(self) -> list[str]:
         return ["base"] + [st.name for st in self.run.stages]
+
+    def metric(self, name: str, index: int | None = None) -> Estimate:
+        """One metric (``index``: 1-based position in a per-stage or per-group list) with its
+        95 % interval; a value of None where it is not defined."""
+        value = (self.metrics or {}).get(name)
+        if index is not None:
+            value = value[index - 1] if isinstance(value, list) and index <= len(value) else None
+        lo, hi = self.uncertainty.metrics.get(MetricKey(name, index), (None, None))
+        finite = isinstance(value, int | float) and math.isfinite(value)
+        return Estimate(float(value) if finite else None, lo, hi)
+
+    def matrix_payload(self) -> dict:
+        """The accuracy matrix with every cell's interval, the metrics with theirs, and the noise
+        floor: what ``cl-eval matrix --json`` prints and ``consolidated_metrics_*.json`` holds."""
+        unc = self.uncertainty
+        return {
+            "accuracy_matrix": {
+                "rows": self.row_names,
+                "columns": self.run.groups,
+                "values": self.R,
+                "lo": unc.lo,
+                "hi": unc.hi,
+                "n": unc.n,
+                "interval_method": unc.method,
+                "keys": self.matrix.keys,
+                "row_source": self.matrix.origin,
+                "stages_used": self.stages_used,
+            },
+            "interval_source": unc.source,
+            "metrics": self.metrics,
+            "metric_intervals": unc.metrics,
+            "noise_floor": unc.noise_floor,
+        }
 
 
 def analyse(
@@ -267,8 +336,16 @@ def analyse(
             )
     else:
         warnings.append("no stage has validation accuracy after training: no CL metrics")
-    unc = estimate(run, results, R, m.sources, cur, t_used, warnings)
-    plast = measure(run, results, probe=probe) if weights else None
     return Analysis(
-        run, results, R, m.keys, m.origin, cur, t_used, metrics, per_round, F, unc, plast, warnings
+        run=run,
+        results=results,
+        matrix=m,
+        curriculum=cur,
+        stages_used=t_used,
+        metrics=metrics,
+        per_round=per_round,
+        F=F,
+        uncertainty=estimate(run, results, R, m.sources, cur, t_used, warnings),
+        plasticity=measure(run, results, probe=probe) if weights else None,
+        warnings=warnings,
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from countdown_data.runs import MANIFEST
+from cl_rundir.layout import LOGS_DIR, RUN_JSON
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -43,7 +43,7 @@ def _run_dirs(runs: tuple[Path, ...], model_size: str | None, runs_root: Path) -
         sorted(
             d
             for d in runs_root.glob("*")
-            if d.is_dir() and ((d / MANIFEST).is_file() or (d / "logs").is_dir())
+            if d.is_dir() and ((d / RUN_JSON).is_file() or (d / LOGS_DIR).is_dir())
         )
         if runs_root.is_dir()
         else []
@@ -122,10 +122,6 @@ def report(
         )
 
 
-def _num(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
 def _f(v: float | None, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
@@ -195,41 +191,20 @@ def matrix(run_dir: Path, as_json: bool) -> None:
 
     from cl_eval.analysis import analyse
     from cl_eval.matrix import DEFINITIONS
+    from cl_eval.report import json_safe
     from cl_eval.run import RunError
 
     try:
         a = analyse(run_dir)
     except RunError as exc:
         raise click.ClickException(str(exc)) from exc
-    run, R, origin, metrics, warnings = a.run, a.R, a.origin, a.metrics, a.warnings
+    run, R, origin, metrics, warnings = a.run, a.R, a.matrix.origin, a.metrics, a.warnings
     if not a.stages_used and not np.isfinite(R[0]).any():
         raise click.ClickException(f"{run_dir}: no validation accuracy in any stage log")
     rows = a.row_names
     unc = a.uncertainty
     if as_json:
-        cells = [
-            [
-                {
-                    "mean": _num(R[i, j]),
-                    "lo": _num(unc.lo[i, j]),
-                    "hi": _num(unc.hi[i, j]),
-                    "n": unc.n[i][j],
-                }
-                for j in range(R.shape[1])
-            ]
-            for i in range(R.shape[0])
-        ]
-        out = {
-            "rows": rows,
-            "columns": run.groups,
-            "cells": cells,
-            "values": [[c["mean"] for c in row] for row in cells],
-            "interval_source": unc.source,
-            "metrics": metrics,
-            "metric_intervals": unc.metrics,
-            "noise_floor": unc.noise_floor,
-        }
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(json_safe(a.matrix_payload()), indent=2, allow_nan=False))
         return
     console = _console()
     table = Table(title=escape(f"Accuracy matrix R[stage][group]: {run.name}"))
@@ -255,9 +230,9 @@ def matrix(run_dir: Path, as_json: bool) -> None:
         mt.add_column("95 % interval", justify="right")
         mt.add_column("definition", overflow="fold")
         for k, text in DEFINITIONS.items():
-            lo, hi = unc.metrics.get(k, (None, None))
-            ci = "–" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
-            mt.add_row(k, _f(metrics[k], "+.3f"), ci, escape(text))
+            est = a.metric(k)
+            ci = "–" if est.lo is None or est.hi is None else f"[{est.lo:+.3f}, {est.hi:+.3f}]"
+            mt.add_row(k, _f(est.value, "+.3f"), ci, escape(text))
         console.print(mt)
     for w in warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)

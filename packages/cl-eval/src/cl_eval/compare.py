@@ -14,13 +14,15 @@ import glob
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cl_eval.analysis import Analysis
 from cl_eval.matrix import DEFINITIONS
 from cl_eval.plasticity import DEFINITIONS as PLASTICITY_DEFINITIONS
-from cl_eval.stats import T975, Z95, excludes_zero, flatten, interval, t_interval
+from cl_eval.report import yes_no
+from cl_eval.stats import T975, Z95, Estimate, MetricKey, flatten, interval, t_interval
 
 HEADLINE = (
     "final_accuracy",
@@ -33,20 +35,24 @@ HEADLINE = (
 """Metrics shown first in the table and the plot (all of ``DEFINITIONS`` are in the JSON)."""
 
 
-@dataclass
-class Estimate:
-    mean: float | None
-    lo: float | None
-    hi: float | None
-    n: int
-    method: str
+class CellKey(NamedTuple):
+    """One cell of the accuracy matrix: its row (``base`` or a stage) and its group. JSON spells
+    it ``R[row][group]``."""
 
-    def as_dict(self) -> dict:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n, "method": self.method}
+    row: str
+    group: str
 
-    @property
-    def excludes_zero(self) -> bool | None:
-        return excludes_zero((self.lo, self.hi))
+    def __str__(self) -> str:
+        return f"R[{self.row}][{self.group}]"
+
+
+Values = dict[MetricKey | CellKey, float | None]
+"""One run's scalar results: its metrics and its accuracy cells."""
+
+
+def as_json(e: Estimate) -> dict:
+    """compare.json's form of an estimate (over runs: its value is their mean)."""
+    return {"mean": e.value, "lo": e.lo, "hi": e.hi, "n": e.n, "method": e.method}
 
 
 @dataclass
@@ -55,24 +61,25 @@ class Condition:
 
     label: str
     analyses: list[Analysis]
-    values: list[dict[str, float | None]]
-    metrics: dict[str, Estimate] = field(default_factory=dict)
-    cells: dict[str, Estimate] = field(default_factory=dict)
+    values: list[Values]
+    metrics: dict[MetricKey, Estimate] = field(default_factory=dict)
+    cells: dict[CellKey, Estimate] = field(default_factory=dict)
 
 
 def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def run_values(a: Analysis) -> dict[str, float | None]:
+def run_values(a: Analysis) -> Values:
     """A run's scalar results: every metric (with the plasticity summary when its checkpoints
-    were read), and every accuracy cell as ``R[row][group]``."""
-    out = flatten(a.metrics or {})
+    were read), and every accuracy cell."""
+    out: Values = dict(flatten(a.metrics or {}))
     if a.plasticity is not None:
-        out.update(a.plasticity.summary(a.curriculum, a.stages_used))
+        summary = a.plasticity.summary(a.curriculum, a.stages_used)
+        out.update({MetricKey(k): v for k, v in summary.items()})
     for i, row in enumerate(a.row_names):
         for j, g in enumerate(a.run.groups):
-            out[f"R[{row}][{g}]"] = _finite(float(a.R[i, j]))
+            out[CellKey(row, g)] = _finite(float(a.R[i, j]))
     return out
 
 
@@ -99,7 +106,7 @@ def _paired(ref: Analysis, other: Analysis) -> bool:
     return bool(u.puzzles) and u.puzzles == v.puzzles and ref.run.groups == other.run.groups
 
 
-def difference(ref: Condition, other: Condition, key: str) -> Estimate:
+def difference(ref: Condition, other: Condition, key: MetricKey) -> Estimate:
     """``other − ref`` for one metric (or cell), by the method the runs allow."""
     a = [v for x in ref.values if (v := x.get(key)) is not None]
     b = [v for x in other.values if (v := x.get(key)) is not None]
@@ -119,7 +126,7 @@ def difference(ref: Condition, other: Condition, key: str) -> Estimate:
 
 
 def aggregate(
-    label: str, analyses: list[Analysis], values: list[dict[str, float | None]] | None = None
+    label: str, analyses: list[Analysis], values: list[Values] | None = None
 ) -> Condition:
     """A condition's mean and interval of every metric and cell over its runs."""
     values = values if values is not None else [run_values(a) for a in analyses]
@@ -127,7 +134,7 @@ def aggregate(
     keys = list(dict.fromkeys(k for v in values for k in v))
     for key in keys:
         est = seed_estimate([v.get(key) for v in values])
-        if key.startswith("R["):  # an accuracy: a t-interval over few seeds can leave [0, 1]
+        if isinstance(key, CellKey):  # an accuracy: a t-interval over few seeds can leave [0, 1]
             cond.cells[key] = replace(est, lo=_clip01(est.lo), hi=_clip01(est.hi))
         else:
             cond.metrics[key] = est
@@ -141,7 +148,7 @@ def _clip01(x: float | None) -> float | None:
 @dataclass
 class Comparison:
     conditions: list[Condition]
-    differences: dict[str, dict[str, Estimate]]
+    differences: dict[str, dict[MetricKey, Estimate]]
     """``"<label> − <reference>"`` -> metric -> estimate (the first condition is the reference)."""
 
     def as_dict(self) -> dict:
@@ -149,13 +156,13 @@ class Comparison:
             "conditions": {
                 c.label: {
                     "runs": [str(a.run.path) for a in c.analyses] or len(c.values),
-                    "metrics": {k: e.as_dict() for k, e in c.metrics.items()},
-                    "cells": {k: e.as_dict() for k, e in c.cells.items()},
+                    "metrics": {str(k): as_json(e) for k, e in c.metrics.items()},
+                    "cells": {str(k): as_json(e) for k, e in c.cells.items()},
                 }
                 for c in self.conditions
             },
             "differences": {
-                name: {k: e.as_dict() for k, e in diffs.items()}
+                name: {str(k): as_json(e) for k, e in diffs.items()}
                 for name, diffs in self.differences.items()
             },
             "definitions": {**DEFINITIONS, **PLASTICITY_DEFINITIONS},
@@ -187,24 +194,22 @@ def expand(patterns: list[str]) -> list[Path]:
 
 
 def _fmt(e: Estimate, signed: bool = False) -> str:
-    if e.mean is None:
+    if e.value is None:
         return "–"
     spec = "+.3f" if signed else ".3f"
     if e.lo is None or e.hi is None:
-        return f"{e.mean:{spec}}"
-    return f"{e.mean:{spec}} [{e.lo:{spec}}, {e.hi:{spec}}]"
+        return f"{e.value:{spec}}"
+    return f"{e.value:{spec}} [{e.lo:{spec}}, {e.hi:{spec}}]"
 
 
-def metric_keys(c: Comparison) -> list[str]:
+def metric_keys(c: Comparison) -> list[MetricKey]:
     """Headline metrics first, then the rest of the definitions, the plasticity summary, then
     per-stage/group entries."""
-    present = [k for k in c.conditions[0].metrics]
-    return (
-        [k for k in HEADLINE if k in present]
-        + [k for k in present if k not in HEADLINE and k in DEFINITIONS]
-        + [k for k in PLASTICITY_DEFINITIONS if k in present]
-        + [k for k in present if k not in DEFINITIONS and k not in HEADLINE and "[" in k]
-    )
+    present = list(c.conditions[0].metrics)
+    named = [MetricKey(k) for k in [*HEADLINE, *DEFINITIONS, *PLASTICITY_DEFINITIONS]]
+    return [k for k in dict.fromkeys(named) if k in present] + [
+        k for k in present if k.index is not None
+    ]
 
 
 def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -216,7 +221,7 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
         (
             "Metrics: mean over runs [95 % t-interval]",
             ["metric", *labels],
-            [[k, *(_fmt(x.metrics.get(k, Estimate(None, None, None, 0, ""))) for x in c.conditions)]
+            [[str(k), *(_fmt(x.metrics.get(k, Estimate(None))) for x in c.conditions)]
              for k in keys],
         )
     )  # fmt: skip
@@ -226,7 +231,7 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
                 f"Difference {name} [95 % interval]",
                 ["metric", "difference", "excludes 0", "method"],
                 [
-                    [k, _fmt(e, signed=True), _yes(e.excludes_zero), e.method]
+                    [str(k), _fmt(e, signed=True), yes_no(e.excludes_zero), e.method]
                     for k in keys
                     if (e := diffs.get(k)) is not None
                 ],
@@ -236,7 +241,7 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
         a = x.analyses[0]
         rows = []
         for row in a.row_names:
-            cells = [x.cells.get(f"R[{row}][{g}]") for g in a.run.groups]
+            cells = [x.cells.get(CellKey(row, g)) for g in a.run.groups]
             rows.append([row, *(_fmt(e) if e else "–" for e in cells)])
         out.append(
             (
@@ -248,24 +253,20 @@ def tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
-def _yes(flag: bool | None) -> str:
-    return "–" if flag is None else ("yes" if flag else "no")
-
-
 def write_outputs(c: Comparison, out: Path) -> list[Path]:
     """compare.md, compare.json and plots/compare_metrics.png under ``out``."""
     from cl_eval import plots
     from cl_eval.report import Doc, write_json
-    from countdown_data.atomic import write_atomic
+    from cl_rundir.atomic import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     data = out / "compare.json"
     write_json(data, c.as_dict())
     written.append(data)
-    keys = [k for k in HEADLINE if k in c.conditions[0].metrics]
+    keys = [MetricKey(k) for k in HEADLINE if MetricKey(k) in c.conditions[0].metrics]
     figure = plots.compare_metrics(
-        keys,
+        [str(k) for k in keys],
         {x.label: [x.metrics[k] for k in keys] for x in c.conditions},
         out / "plots" / "compare_metrics.png",
         "Metrics per condition (bars: mean over runs; whiskers: 95 % t-interval)",

@@ -23,6 +23,7 @@ import numpy as np
 from cl_eval.weights import (
     _FLOAT_DTYPES,
     CheckpointError,
+    LayerModule,
     TensorRef,
     classify,
     open_checkpoint,
@@ -115,12 +116,11 @@ class Spectra:
     matrices: dict[str, Spectrum] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
-    def by_layer_module(self) -> dict[str, dict[str, float]]:
-        """``"<layer>:<module>"`` -> norm (pooled over the module's matrices) and mean ranks."""
-        acc: dict[str, list[Spectrum]] = defaultdict(list)
+    def by_layer_module(self) -> dict[LayerModule, dict[str, float]]:
+        """Per layer and module: norm (pooled over the module's matrices) and mean ranks."""
+        acc: dict[LayerModule, list[Spectrum]] = defaultdict(list)
         for name, sp in self.matrices.items():
-            layer, module = classify(name)
-            acc[f"{'-' if layer is None else layer}:{module}"].append(sp)
+            acc[classify(name)].append(sp)
         return {
             key: {
                 "fro": math.sqrt(sum(s.fro**2 for s in sps)),

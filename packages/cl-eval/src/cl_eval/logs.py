@@ -1,6 +1,6 @@
 """A stage log as metric records, in file order.
 
-Lines are veRL's console metric lines (``countdown_data.runs.parse_metric_line``); everything
+Lines are veRL's console metric lines (``cl_rundir.metric_lines.parse_metric_line``); everything
 else in a stage log (Ray/vLLM noise, tqdm bars, tracebacks) is ignored. Validation records are
 picked by their position in the file, never by their step number: a resumed stage's later lines
 win, and a stray line with a huge step cannot pose as the final validation.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from countdown_data.runs import VAL_KEY, is_validation_key, parse_metric_line
+from cl_rundir.metric_lines import VAL_KEY, is_validation_key, parse_metric_line
 
 
 @dataclass(frozen=True)

@@ -75,22 +75,26 @@ def bwt_at(R: np.ndarray, cur: Curriculum, k: int) -> float | None:
     return _mean([_cell(R, k, j) - _cell(R, cur.last(j, k), j) for j in _old_groups(cur, k)])
 
 
-def forgetting_max_at(R: np.ndarray, cur: Curriculum, k: int) -> float | None:
-    vals = []
+def forgetting_at(R: np.ndarray, cur: Curriculum, k: int) -> dict[int, float]:
+    """Per group j trained before stage k (not by it): max_{first(j) <= l < k} R[l][j] - R[k][j]
+    (NaN without an earlier measurement)."""
+    out = {}
     for j in _old_groups(cur, k):
         earlier = [v for v in R[cur.first(j, k) : k, j] if not math.isnan(v)]
-        vals.append(max(earlier) - _cell(R, k, j) if earlier else math.nan)
-    return _mean(vals)
+        out[j] = max(earlier) - _cell(R, k, j) if earlier else math.nan
+    return out
+
+
+def forgetting_max_at(R: np.ndarray, cur: Curriculum, k: int) -> float | None:
+    return _mean(list(forgetting_at(R, cur, k).values()))
 
 
 def forgetting_matrix(R: np.ndarray, cur: Curriculum) -> np.ndarray:
-    """F[k][j] = max_{first(j) <= l < k} R[l][j] - R[k][j] for groups trained before stage k."""
+    """F[k][j] = :func:`forgetting_at`'s value for stage k and group j; NaN elsewhere."""
     F = np.full(R.shape, np.nan)
     for k in range(1, R.shape[0]):
-        for j in _old_groups(cur, k):
-            earlier = [v for v in R[cur.first(j, k) : k, j] if not math.isnan(v)]
-            if earlier:
-                F[k, j] = max(earlier) - R[k, j]
+        for j, v in forgetting_at(R, cur, k).items():
+            F[k, j] = v
     return F
 
 

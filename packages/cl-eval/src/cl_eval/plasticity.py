@@ -20,7 +20,8 @@ import numpy as np
 from cl_eval import probe as probe_mod
 from cl_eval.geometry import UpdateGeometry, checkpoint_spectra, update_geometry
 from cl_eval.matrix import Curriculum, compute_metrics
-from cl_eval.weights import CheckpointError
+from cl_eval.weights import CheckpointError, LayerModule
+from countdown_data.dataset import MANIFEST
 
 if TYPE_CHECKING:
     from cl_eval.analysis import StageResult
@@ -50,7 +51,7 @@ class Plasticity:
     """Per row of the accuracy matrix (0 = base, k = after stage k) and per stage boundary."""
 
     rows: list[str]
-    layer_module: list[dict[str, dict[str, float]] | None] = field(default_factory=list)
+    layer_module: list[dict[LayerModule, dict[str, float]] | None] = field(default_factory=list)
     geometry: list[UpdateGeometry | None] = field(default_factory=list)
     """Entry k-1: stage k's update against stage k+1's."""
     probes: list[probe_mod.CheckpointProbe] | None = None
@@ -58,7 +59,7 @@ class Plasticity:
 
     def mean_rank(self, row: int, modules: tuple[str, ...] = MLP_MODULES) -> float | None:
         lm = self.layer_module[row] if row < len(self.layer_module) else None
-        vals = [v["effective_rank"] for k, v in (lm or {}).items() if k.split(":")[1] in modules]
+        vals = [v["effective_rank"] for k, v in (lm or {}).items() if k.module in modules]
         return float(np.mean(vals)) if vals else None
 
     def total_norm(self, row: int) -> float | None:
@@ -68,13 +69,7 @@ class Plasticity:
     def rank_matrix(self, modules: tuple[str, ...] = MLP_MODULES) -> tuple[list[int], np.ndarray]:
         """Layers × rows of the mean effective rank of ``modules`` (NaN where unknown)."""
         layers = sorted(
-            {
-                int(k.split(":")[0])
-                for lm in self.layer_module
-                if lm
-                for k in lm
-                if k.split(":")[0] != "-"
-            }
+            {k.layer for lm in self.layer_module if lm for k in lm if k.layer is not None}
         )
         M = np.full((len(layers), len(self.rows)), np.nan)
         for r, lm in enumerate(self.layer_module):
@@ -82,7 +77,7 @@ class Plasticity:
                 vals = [
                     v["effective_rank"]
                     for k, v in (lm or {}).items()
-                    if k.split(":")[0] == str(layer) and k.split(":")[1] in modules
+                    if k.layer == layer and k.module in modules
                 ]
                 if vals:
                     M[i, r] = float(np.mean(vals))
@@ -113,7 +108,10 @@ class Plasticity:
     def as_dict(self) -> dict:
         return {
             "rows": self.rows,
-            "layer_module": self.layer_module,
+            "layer_module": [
+                None if lm is None else {str(k): v for k, v in lm.items()}
+                for lm in self.layer_module
+            ],
             "geometry": [
                 None
                 if g is None
@@ -167,8 +165,8 @@ def _probes(
     if not probe_mod.available():
         notes.append("activation diagnostics need torch and transformers: cl-eval[probe]")
         return None
-    data = (run.manifest or {}).get("config", {}).get("data_dir")
-    if not data or not (Path(data) / "manifest.json").is_file():
+    data = run.record.data_dir if run.record else None
+    if data is None or not (data / MANIFEST).is_file():
         notes.append(f"activation diagnostics need the run's data set ({data or 'unknown'})")
         return None
     if any(c is None for c in checkpoints):
@@ -178,7 +176,7 @@ def _probes(
     return probe_mod.probe_checkpoints(
         checkpoints,  # type: ignore[arg-type]
         starts,
-        Path(data),
+        data,
         run.groups,
         k or probe_mod.PROBE_PUZZLES,
     )

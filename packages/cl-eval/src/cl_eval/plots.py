@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-from countdown_data.atomic import write_atomic
+from cl_rundir.atomic import write_atomic
 
 
 @dataclass
@@ -27,6 +27,9 @@ class StageSeries:
     series: dict[str, tuple[list[int], list[float]]]
     val: dict[str, tuple[list[int], list[float]]]
 
+
+ANNOTATED_CELLS = 80
+"""Above this many cells a heatmap's numbers would not fit their cells: colours only."""
 
 PANELS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
@@ -132,17 +135,22 @@ def _annotated(
     cmap: str,
     vmin: float,
     vmax: float,
-    half: np.ndarray | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    small_only: bool = False,
 ) -> None:
-    """Heatmap with each cell's value written in it (and ``±half-width`` under it, if given)."""
+    """Heatmap with each cell's value written in it (and its interval ``[lo, hi]`` under it, if
+    given); ``small_only``: values only while the grid is small enough to read them."""
     im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    plt.colorbar(im, ax=ax, fraction=0.046)
+    if small_only and M.size > ANNOTATED_CELLS:
+        return
     mid = (vmin + vmax) / 2
     for (i, j), v in np.ndenumerate(M):
         if not math.isnan(v):
-            dark = v < mid if cmap == "viridis" else abs(v - mid) > 0.6 * (vmax - mid)
+            dark = v < mid if cmap in ("viridis", "magma") else abs(v - mid) > 0.6 * (vmax - mid)
             text = format(v, fmt)
-            if half is not None and math.isfinite(half[i, j]):
-                text += f"\n±{half[i, j]:{fmt[1:]}}"
+            if bounds is not None and np.isfinite([bounds[0][i, j], bounds[1][i, j]]).all():
+                text += f"\n[{bounds[0][i, j]:{fmt}}, {bounds[1][i, j]:{fmt}}]"
             ax.text(
                 j,
                 i,
@@ -152,21 +160,20 @@ def _annotated(
                 fontsize=8,
                 color="white" if dark else "black",
             )
-    plt.colorbar(im, ax=ax, fraction=0.046)
 
 
 def accuracy_matrix(
     R: np.ndarray,
-    half: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray],
     rows: Sequence[str],
     cols: Sequence[str],
     out: Path,
     title: str,
 ) -> Path:
-    """Annotated heatmap of R (rows: base + each stage; columns: groups), each cell with the
-    half-width of its 95 % interval."""
+    """Annotated heatmap of R (rows: base + each stage; columns: groups), each cell with its
+    95 % interval (as bounds: an accuracy's interval is not symmetric near 0 or 1)."""
     fig, ax = plt.subplots(figsize=(2.0 + 1.6 * len(cols), 1.2 + 0.6 * len(rows)))
-    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0, half)
+    _annotated(ax, R, ".2f", "viridis", 0.0, 1.0, bounds)
     ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("evaluated group")
@@ -255,12 +262,12 @@ def weight_change(
 
 def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, title: str) -> Path:
     """Grouped bars: one group per metric, one bar per condition, whiskers for its interval.
-    ``per_label[label][i]`` has ``mean``, ``lo``, ``hi`` for ``keys[i]``."""
+    ``per_label[label][i]`` is the estimate (value, lo, hi) of ``keys[i]``."""
     fig, ax = plt.subplots(figsize=(2.0 + 1.5 * len(keys), 4.5))
     width = 0.8 / max(len(per_label), 1)
     x = np.arange(len(keys))
     for n, (label, ests) in enumerate(per_label.items()):
-        mean = np.array([np.nan if e.mean is None else e.mean for e in ests], dtype=float)
+        mean = np.array([np.nan if e.value is None else e.value for e in ests], dtype=float)
         lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
         hi = np.array([np.nan if e.hi is None else e.hi for e in ests], dtype=float)
         err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
@@ -273,6 +280,30 @@ def compare_metrics(keys: Sequence[str], per_label: dict[str, list], out: Path, 
     return _save(fig, out)
 
 
+def _dormant_panel(ax: plt.Axes, rows: Sequence[str], layers: list[int], M: np.ndarray) -> None:
+    """Dormant fraction per layer (rows) after each stage (columns); a panel whose every
+    measured value is 0 says so instead of drawing a colour scale for nothing."""
+    finite = M[np.isfinite(M)]
+    if finite.size and not finite.any():
+        ax.text(
+            0.5,
+            0.5,
+            f"no dormant units\nin any of the {len(layers)} layers after any stage",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=11,
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    _annotated(ax, M, ".2f", "magma", 0.0, max(float(finite.max()), 1e-9), small_only=True)
+    ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+    ax.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("layer")
+    ax.invert_yaxis()
+
+
 def plasticity(
     rows: Sequence[str],
     dormant: tuple[list[int], np.ndarray] | None,
@@ -281,48 +312,57 @@ def plasticity(
     overlap: tuple[list[str], list[str], np.ndarray] | None,
     out: Path,
     title: str,
+    tau: float = 0.025,
 ) -> Path:
-    """Four panels: dormant MLP units and effective rank per layer after each stage, the
-    soft-accuracy matrix, and the top-1 % overlap of consecutive stages' updates per module."""
-    fig, axes = plt.subplots(1, 4, figsize=(22, 5))
-    panels = [
-        ("Dormant MLP units (τ = 0.025), per layer", dormant, "magma", "fraction"),
-        ("Effective rank of MLP matrices, per layer", ranks, "viridis", "effective rank"),
-    ]
-    for ax, (heading, data, cmap, label) in zip(axes[:2], panels, strict=True):
-        if data is None or not np.isfinite(data[1]).any():
-            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes, color="0.5")
-            ax.set_axis_off()
-            continue
-        layers, M = data
-        im = ax.imshow(np.ma.masked_invalid(M), cmap=cmap, aspect="auto", origin="lower")
-        ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
-        ax.set_xticks(range(len(rows)), list(rows), rotation=45, ha="right", fontsize=7)
-        ax.set_ylabel("layer")
-        fig.colorbar(im, ax=ax, fraction=0.046, label=label)
-        ax.set_title(heading, fontsize=9)
-    ax = axes[2]
-    if soft is None:
-        ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes, color="0.5")
+    """Four panels, two by two: dormant MLP units and effective rank per layer after each stage,
+    the soft-accuracy matrix, and the top-1 % overlap of consecutive stages' updates per module.
+    Each panel gets its own colour bar and room for its labels (constrained layout)."""
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9.5), layout="constrained")
+    (a_dormant, a_rank), (a_soft, a_overlap) = axes
+
+    def missing(ax: plt.Axes, why: str) -> None:
+        ax.text(0.5, 0.5, why, ha="center", transform=ax.transAxes, color="0.5")
         ax.set_axis_off()
+
+    a_dormant.set_title(f"Dormant MLP units (τ = {tau:g}): fraction per layer", fontsize=10)
+    if dormant is None or not np.isfinite(dormant[1]).any():
+        missing(a_dormant, "not measured")
+    else:
+        _dormant_panel(a_dormant, rows, *dormant)
+    a_rank.set_title("Effective rank of MLP matrices, per layer", fontsize=10)
+    layers, M = ranks
+    if not np.isfinite(M).any():
+        missing(a_rank, "not measured")
+    else:
+        finite = M[np.isfinite(M)]
+        lo, hi = float(finite.min()), float(finite.max())
+        _annotated(a_rank, M, ".1f", "viridis", lo, hi if hi > lo else lo + 1, small_only=True)
+        a_rank.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=8)
+        a_rank.set_xticks(range(len(rows)), list(rows), rotation=30, ha="right", fontsize=8)
+        a_rank.set_ylabel("layer")
+        a_rank.invert_yaxis()
+    a_soft.set_title("Soft accuracy: mean log-likelihood per token of reference solutions",
+                     fontsize=10)  # fmt: skip
+    if soft is None:
+        missing(a_soft, "not measured")
     else:
         cols, S = soft
         finite = S[np.isfinite(S)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        _annotated(ax, S, ".2f", "viridis", lo, hi if hi > lo else lo + 1)
-        ax.set_xticks(range(len(cols)), list(cols), rotation=20, ha="right", fontsize=8)
-        ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
-        ax.set_title("Soft accuracy: mean log-likelihood of reference solutions", fontsize=9)
-    ax = axes[3]
+        _annotated(a_soft, S, ".2f", "viridis", lo, hi if hi > lo else lo + 1)
+        a_soft.set_xticks(range(len(cols)), list(cols), rotation=20, ha="right", fontsize=8)
+        a_soft.set_yticks(range(len(rows)), list(rows), fontsize=8)
+        a_soft.set_ylabel("after stage")
+    a_overlap.set_title("Top-1 % |Δ| overlap of consecutive stages' updates (chance ≈ 0.005)",
+                        fontsize=10)  # fmt: skip
     if overlap is None:
-        ax.text(0.5, 0.5, "fewer than 2 stages", ha="center", transform=ax.transAxes, color="0.5")
-        ax.set_axis_off()
+        missing(a_overlap, "fewer than 2 stages")
     else:
         bounds, mods, shared = overlap
-        _annotated(ax, shared, ".2f", "viridis", 0.0, max(0.05, float(np.nanmax(shared))))
-        ax.set_xticks(range(len(mods)), list(mods), rotation=45, fontsize=8)
-        ax.set_yticks(range(len(bounds)), list(bounds), fontsize=7)
-        ax.set_title("Top-1 % |Δ| overlap of consecutive stages (chance ≈ 0.005)", fontsize=9)
+        _annotated(a_overlap, shared, ".2f", "viridis", 0.0, max(0.05, float(np.nanmax(shared))))
+        a_overlap.set_xticks(range(len(mods)), list(mods), fontsize=8)
+        a_overlap.set_yticks(range(len(bounds)), list(bounds), fontsize=8)
+        a_overlap.set_xlabel("module")
     fig.suptitle(title)
     return _save(fig, out)
 

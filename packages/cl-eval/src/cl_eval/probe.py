@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from countdown_data.runs import completion_style
+from cl_rundir.dormant import dormant_mask, unit_scores
+from cl_rundir.layout import completion_style
 
 TAUS = (0.0, 0.025, 0.1)
 SRANK_DELTA = 0.01
@@ -98,54 +99,6 @@ def load_model(path: Path) -> tuple[Any, Any]:
     logging.disable_progress_bar()  # a bar per load would flood the console of `cl-eval report`
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(path)
-
-
-def unit_scores(model: Any, tokenizer: Any, texts: Sequence[str]) -> tuple[list[np.ndarray], Any]:
-    """Per layer, every MLP unit's mean |act(gate(x)) * up(x)| over the probe tokens; and the
-    final hidden state at each prompt's last token (samples × hidden)."""
-    import torch
-
-    layers = model.model.layers
-    sums = [torch.zeros(layer.mlp.down_proj.in_features, dtype=torch.float64) for layer in layers]
-    count = 0
-    mask_holder: dict[str, torch.Tensor] = {}
-
-    def hook(i: int) -> Any:
-        def pre(_module: Any, args: tuple) -> None:
-            h = args[0].abs().double() * mask_holder["m"][..., None]
-            sums[i] += h.sum(dim=(0, 1))
-
-        return pre
-
-    handles = [
-        layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)
-    ]
-    finals = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(texts), 16):
-                enc = tokenizer(
-                    list(texts[start : start + 16]),
-                    add_special_tokens=False,
-                    padding=True,
-                    padding_side="left",
-                    return_tensors="pt",
-                )
-                mask_holder["m"] = enc["attention_mask"].double()
-                count += int(enc["attention_mask"].sum())
-                out = model(**enc, output_hidden_states=True)
-                finals.append(out.hidden_states[-1][:, -1].double())
-    finally:
-        for h in handles:
-            h.remove()
-    return [(s / max(count, 1)).numpy() for s in sums], torch.cat(finals).numpy()
-
-
-def dormant_mask(scores: np.ndarray, tau: float) -> np.ndarray:
-    """τ-dormant units of one layer: mean |activation| at most τ times the layer's average (every
-    unit of a layer that is silent altogether)."""
-    mean = scores.mean()
-    return scores <= tau * mean if mean > 0 else np.ones(len(scores), dtype=bool)
 
 
 def dormant_fractions(scores: list[np.ndarray], taus: Sequence[float] = TAUS) -> dict:

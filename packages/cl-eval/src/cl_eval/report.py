@@ -4,6 +4,7 @@ all rendered from one :class:`cl_eval.analysis.Analysis`."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import json
@@ -15,18 +16,22 @@ import numpy as np
 
 from cl_eval.analysis import Analysis, StageResult, analyse
 from cl_eval.matrix import DEFINITIONS
-from cl_eval.plasticity import Plasticity, kl_forgetting_points
+from cl_eval.plasticity import SUMMARY_TAU, Plasticity, kl_forgetting_points
 from cl_eval.run import Run
-from cl_eval.stats import excludes_zero
-from countdown_data.atomic import write_atomic
+from cl_eval.stats import Estimate
+from cl_rundir.atomic import write_atomic
+from cl_rundir.layout import MODELS_DIR
 
 SCHEMA_VERSION = 1
 
 
 def json_safe(obj: object) -> object:
-    """JSON-safe copy: NaN/inf become null (strict JSON readers reject them)."""
+    """JSON-safe copy: NaN/inf become null (strict JSON readers reject them), records become
+    objects, and typed keys their JSON spelling."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -50,23 +55,22 @@ def _ci(v: float, lo: float, hi: float) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _interval_cells(interval: tuple[float | None, float | None] | None) -> list[str]:
+def _interval_cells(est: Estimate) -> list[str]:
     """``[lo, hi]`` and whether it excludes 0 (``yes``/``no``), or dashes."""
-    if interval is None or interval[0] is None or interval[1] is None:
+    if est.lo is None or est.hi is None:
         return ["–", "–"]
-    return [f"[{_signed(interval[0])}, {_signed(interval[1])}]", _yes(excludes_zero(interval))]
+    return [f"[{_signed(est.lo)}, {_signed(est.hi)}]", yes_no(est.excludes_zero)]
 
 
-def _yes(flag: bool | None) -> str:
+def yes_no(flag: bool | None) -> str:
     return "–" if flag is None else ("yes" if flag else "no")
 
 
-def _metric_row(metrics: dict, intervals: dict, key: str, j: int) -> list[str]:
-    values = metrics.get(key) or []
-    v = values[j] if j < len(values) else None
-    if v is None or not math.isfinite(v):
+def _metric_row(est: Estimate) -> list[str]:
+    """A signed value with its interval cells (dashes where undefined)."""
+    if est.value is None:
         return ["–", "–", "–"]
-    return [_signed(v), *_interval_cells(intervals.get(f"{key}[{j + 1}]"))]
+    return [_signed(est.value), *_interval_cells(est)]
 
 
 def _fmt(v: object, nd: int = 3) -> str:
@@ -177,12 +181,12 @@ def build_report(
     entries = [stage_entry(a.run, res) for res in a.results]
     outputs = write_stage_metrics(a, entries)
     consolidated = consolidated_metrics(a, entries)
-    cpath = a.run.path / "metrics" / f"consolidated_metrics_{a.run.size}.json"
+    cpath = a.run.path / MODELS_DIR / f"consolidated_metrics_{a.run.size}.json"
     write_json(cpath, consolidated)
     outputs.append(cpath)
     figs = write_plots(a)
     outputs.extend(figs.values())
-    doc = _document(a, figs)
+    doc = document(a, figs)
     md = a.run.path / "report.md"
     write_atomic(md, doc.markdown())
     outputs.append(md)
@@ -215,7 +219,10 @@ def stage_entry(run: Run, res: StageResult) -> dict:
         "steps": _steps(res),
         "validation": {"before": res.before, "after": res.after, "history": res.history},
         "training": res.train,
-        "weight_change": {"stage": res.weights_stage, "cumulative": res.weights_cumulative},
+        "weight_change": {
+            kind: None if d is None else d.to_dict(per_tensor=False)
+            for kind, d in (("stage", res.weights_stage), ("cumulative", res.weights_cumulative))
+        },
     }
 
 
@@ -225,7 +232,7 @@ def write_stage_metrics(a: Analysis, entries: list[dict]) -> list[Path]:
     for res, entry in zip(a.results, entries, strict=True):
         st = res.stage
         if res.log is not None or res.weights_stage is not None:
-            path = a.run.path / "metrics" / f"metrics_{st.round}_{st.group}_{a.run.size}.json"
+            path = a.run.path / MODELS_DIR / f"metrics_{st.round}_{st.group}_{a.run.size}.json"
             write_json(path, entry)
             out.append(path)
     return out
@@ -245,22 +252,7 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
             "groups": run.groups,
             "stages": [e["stage"] for e in entries],
         },
-        "accuracy_matrix": {
-            "rows": a.row_names,
-            "columns": run.groups,
-            "values": a.R,
-            "lo": a.uncertainty.lo,
-            "hi": a.uncertainty.hi,
-            "n": a.uncertainty.n,
-            "interval_method": a.uncertainty.method,
-            "keys": a.keys,
-            "row_source": a.origin,
-            "stages_used": a.stages_used,
-        },
-        "interval_source": a.uncertainty.source,
-        "metrics": a.metrics,
-        "metric_intervals": a.uncertainty.metrics,
-        "noise_floor": a.uncertainty.noise_floor,
+        **a.matrix_payload(),
         "plasticity": None
         if a.plasticity is None
         else {**a.plasticity.as_dict(), "kl_forgetting": _kl_points(a)},
@@ -274,7 +266,7 @@ def consolidated_metrics(a: Analysis, entries: list[dict]) -> dict:
                 "before": e["validation"]["before"],
                 "after": e["validation"]["after"],
                 "training": {
-                    k: {x: v[x] for x in ("key", "first", "last", "mean")}
+                    k: {x: getattr(v, x) for x in ("key", "first", "last", "mean")}
                     for k, v in e["training"].items()
                 },
                 "weight_change": {
@@ -300,11 +292,11 @@ def write_plots(a: Analysis) -> dict[str, Path]:
         plots.StageSeries(
             res.stage.name,
             _steps(res)["last"] or 0,
-            {k: (v["steps"], v["values"]) for k, v in res.train.items()},
+            {k: (v.steps, v.values) for k, v in res.train.items()},
             {
                 g: (
-                    [h["step"] for h in res.history if g in h["accuracy"]],
-                    [h["accuracy"][g] for h in res.history if g in h["accuracy"]],
+                    [h.step for h in res.history if g in h.accuracy],
+                    [h.accuracy[g] for h in res.history if g in h.accuracy],
                 )
                 for g in run.groups
             },
@@ -318,7 +310,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
     )
     figs["matrix"] = plots.accuracy_matrix(
         a.R,
-        (a.uncertainty.hi - a.uncertainty.lo) / 2,
+        (a.uncertainty.lo, a.uncertainty.hi),
         a.row_names,
         run.groups,
         plot_dir / f"accuracy_matrix_{size}.png",
@@ -343,14 +335,14 @@ def write_plots(a: Analysis) -> dict[str, Path]:
         f"{title}: forgetting",
     )
     panels = [
-        (f"{res.stage.name}", *res.matrix_stage.layer_module_matrix())
+        (f"{res.stage.name}", *res.weights_stage.layer_module_matrix())
         for res in results
-        if res.matrix_stage is not None
+        if res.weights_stage is not None
     ]
-    last_cum = next((r for r in reversed(results) if r.matrix_cumulative is not None), None)
+    last_cum = next((r for r in reversed(results) if r.weights_cumulative is not None), None)
     if last_cum is not None:
         panels.append(
-            (f"base→{last_cum.stage.name}", *last_cum.matrix_cumulative.layer_module_matrix())
+            (f"base→{last_cum.stage.name}", *last_cum.weights_cumulative.layer_module_matrix())
         )
     if panels:
         figs["weights"] = plots.weight_change(
@@ -368,6 +360,7 @@ def write_plots(a: Analysis) -> dict[str, Path]:
             _overlap_matrix(p),
             plot_dir / f"plasticity_{size}.png",
             f"{title}: plasticity",
+            tau=SUMMARY_TAU,
         )
         figs["kl"] = plots.kl_forgetting(
             _kl_points(a), plot_dir / f"kl_forgetting_{size}.png", f"{title}: forgetting vs KL"
@@ -385,7 +378,7 @@ def _kl_points(a: Analysis) -> list[tuple[str, str, float, float]]:
     return kl_forgetting_points(a.plasticity, a.R, cols, a.run.groups)
 
 
-def _dormant_matrix(p: Plasticity, tau: float = 0.025) -> tuple[list[int], np.ndarray] | None:
+def _dormant_matrix(p: Plasticity, tau: float = SUMMARY_TAU) -> tuple[list[int], np.ndarray] | None:
     if not p.probes:
         return None
     layers = len(p.probes[0].dormant.get(tau, []))
@@ -408,9 +401,131 @@ def _overlap_matrix(p: Plasticity) -> tuple[list[str], list[str], np.ndarray] | 
     return [b for b, _ in bounds], list(OVERLAP_MODULES), M
 
 
-def _plasticity_section(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+def _rel(p: Path | None, root: Path) -> str | None:
+    if p is None:
+        return None
+    try:
+        return str(p.relative_to(root))
+    except ValueError:
+        return str(p)
+
+
+def _steps(res: StageResult) -> dict:
+    ts = res.train_steps
+    return {"first": ts[0] if ts else None, "last": ts[-1] if ts else None, "count": len(ts)}
+
+
+# ------------------------------------------------------------------------------ report.md
+
+
+def document(a: Analysis, figs: dict[str, Path]) -> Doc:
+    """report.md (and report.html): one section after another."""
+    d = Doc()
+    for section in (
+        _header,
+        _warnings,
+        _accuracy_matrix,
+        _transfer_and_forgetting,
+        _plasticity,
+        _noise_floor,
+        _stages,
+        _training_curves,
+        _weight_change,
+        _files,
+    ):
+        section(d, a, figs)
+    return d
+
+
+def _img(d: Doc, a: Analysis, figs: dict[str, Path], key: str, alt: str) -> None:
+    if key in figs:
+        d.img(_rel(figs[key], a.run.path) or "", alt)
+
+
+def _header(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    run = a.run
+    d.h(1, f"Continual Countdown report: {run.name}")
+    done = sum(1 for st in run.stages if st.status == "done")
+    d.p(
+        f"Run `{run.path}` · size **{run.size}** · base model `{run.base_model or '?'}` · "
+        f"{len(run.stages)} stages ({done} done) · groups: {', '.join(run.groups)}."
+    )
+
+
+def _warnings(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if a.warnings:
+        d.h(2, "Warnings (partial data)")
+        d.ul(a.warnings)
+
+
+def _accuracy_matrix(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    unc = a.uncertainty
+    d.h(2, "Accuracy matrix")
+    d.p(
+        "R[i][j] = validation accuracy on group j (columns) after stage i (rows); row `base` "
+        "is the first stage's validation before any training. Each cell: the estimate and its "
+        f"95 % interval, from {unc.source}; n = puzzles (or answers) behind the cell."
+    )
+    d.table(
+        ["after stage", *a.run.groups, "n", "source"],
+        [
+            [
+                name,
+                *(_ci(float(v), unc.lo[i, j], unc.hi[i, j]) for j, v in enumerate(a.R[i])),
+                "/".join(str(n) if n else "–" for n in unc.n[i]),
+                a.matrix.origin[i],
+            ]
+            for i, name in enumerate(a.row_names)
+        ],
+    )
+    _img(d, a, figs, "matrix", "accuracy matrix")
+
+
+def _transfer_and_forgetting(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if not a.metrics:
+        return
+    d.h(2, "Transfer and forgetting")
+    d.p(
+        f"Computed over stages 1..{a.stages_used}. Each stage is a task occurrence; with several "
+        "rounds a group's reference is its most recent training (BWT, forgetting) or its "
+        "first (FWT)."
+    )
+    d.table(
+        ["metric", "value", "95 % interval", "excludes 0", "definition"],
+        [
+            [k, _fmt(a.metrics[k]), *_interval_cells(a.metric(k)), DEFINITIONS[k]]
+            for k in DEFINITIONS
+        ],
+    )
+    d.h(3, "Per group: forgetting and transfer")
+    d.p(
+        "R[T][j] − R[last(j)][j] (negative: forgotten since the group was last trained) and "
+        "R[first(j)−1][j] − R[0][j] (what earlier stages did for the group before it was "
+        "trained), each with its paired 95 % interval."
+    )
+    d.table(
+        ["group", "since last trained", "95 % interval", "excludes 0",
+         "before first trained", "95 % interval", "excludes 0"],
+        [
+            [g, *_metric_row(a.metric("bwt_per_group", j)),
+             *_metric_row(a.metric("fwt_per_group", j))]
+            for j, g in enumerate(a.run.groups, start=1)
+        ],
+    )  # fmt: skip
+    if a.per_round and len(a.per_round) > 1:
+        d.h(3, "Per round (rows: before the round .. end of the round; FWT vs base)")
+        keys = ["final_accuracy", "learning_accuracy", "bwt", "fwt", "forgetting_max"]
+        d.table(
+            ["round", *keys],
+            [[str(r), *(_fmt(m[k]) for k in keys)] for r, m in a.per_round.items()],
+        )
+    _img(d, a, figs, "forgetting", "forgetting")
+
+
+def _plasticity(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     p = a.plasticity
-    assert p is not None
+    if p is None:
+        return
     d.h(2, "Plasticity")
     d.p(
         "What each stage could still learn, beside what it forgot. Weights: mean effective rank "
@@ -459,132 +574,48 @@ def _plasticity_section(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
             ["after stage", *cols],
             [[name, *(_fmt(float(v)) for v in S[i])] for i, name in enumerate(p.rows)],
         )
-    for key, alt in (("plasticity", "plasticity"), ("kl", "forgetting vs KL")):
-        if key in figs:
-            d.img(_rel(figs[key], a.run.path) or "", alt)
+    _img(d, a, figs, "plasticity", "plasticity")
+    _img(d, a, figs, "kl", "forgetting vs KL")
     if p.notes:
         d.ul(p.notes)
 
 
-def _rel(p: Path | None, root: Path) -> str | None:
-    if p is None:
-        return None
-    try:
-        return str(p.relative_to(root))
-    except ValueError:
-        return str(p)
-
-
-def _steps(res: StageResult) -> dict:
-    ts = res.log.train_steps() if res.log else []
-    return {"first": ts[0] if ts else None, "last": ts[-1] if ts else None, "count": len(ts)}
-
-
-def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
-    run, results, R, origin = a.run, a.results, a.R, a.origin
-    metrics, per_round, warnings, t_used = a.metrics, a.per_round, a.warnings, a.stages_used
-    d = Doc()
-    d.h(1, f"Continual Countdown report: {run.name}")
-    done = sum(1 for st in run.stages if st.status == "done")
+def _noise_floor(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if not a.uncertainty.noise_floor:
+        return
+    d.h(2, "Noise floor")
     d.p(
-        f"Run `{run.path}` · size **{run.size}** · base model `{run.base_model or '?'}` · "
-        f"{len(run.stages)} stages ({done} done) · groups: {', '.join(run.groups)}."
-    )
-    if warnings:
-        d.h(2, "Warnings (partial data)")
-        d.ul(warnings)
-    unc = a.uncertainty
-    d.h(2, "Accuracy matrix")
-    d.p(
-        "R[i][j] = validation accuracy on group j (columns) after stage i (rows); row `base` "
-        "is the first stage's validation before any training. Each cell: the estimate and its "
-        f"95 % interval, from {unc.source}; n = puzzles (or answers) behind the cell."
+        "Stage k's last validation and stage k+1's first validate the same weights: their "
+        "difference is what sampling alone does. A difference whose interval excludes 0 is "
+        "flagged: more than sampling explains (non-determinism, or a chaining bug)."
     )
     d.table(
-        ["after stage", *run.groups, "n", "source"],
+        ["boundary", "group", "difference", "95 % interval", "n", "method", "flag"],
         [
             [
-                name,
-                *(_ci(float(v), unc.lo[i, j], unc.hi[i, j]) for j, v in enumerate(R[i])),
-                "/".join(str(n) if n else "–" for n in unc.n[i]),
-                origin[i],
+                e["boundary"],
+                e["group"],
+                _signed(e["diff"]),
+                f"[{_signed(e['lo'])}, {_signed(e['hi'])}]",
+                str(e["n"]),
+                e["method"],
+                "**beyond sampling**" if e["flag"] else "",
             ]
-            for i, name in enumerate(a.row_names)
+            for e in a.uncertainty.noise_floor
         ],
     )
-    if "matrix" in figs:
-        d.img(_rel(figs["matrix"], run.path) or "", "accuracy matrix")
-    if metrics:
-        d.h(2, "Transfer and forgetting")
-        d.p(
-            f"Computed over stages 1..{t_used}. Each stage is a task occurrence; with several "
-            "rounds a group's reference is its most recent training (BWT, forgetting) or its "
-            "first (FWT)."
-        )
-        d.table(
-            ["metric", "value", "95 % interval", "excludes 0", "definition"],
-            [
-                [k, _fmt(metrics[k]), *_interval_cells(unc.metrics.get(k)), DEFINITIONS[k]]
-                for k in DEFINITIONS
-            ],
-        )
-        d.h(3, "Per group: forgetting and transfer")
-        d.p(
-            "R[T][j] − R[last(j)][j] (negative: forgotten since the group was last trained) and "
-            "R[first(j)−1][j] − R[0][j] (what earlier stages did for the group before it was "
-            "trained), each with its paired 95 % interval."
-        )
-        d.table(
-            ["group", "since last trained", "95 % interval", "excludes 0",
-             "before first trained", "95 % interval", "excludes 0"],
-            [
-                [g, *_metric_row(metrics, unc.metrics, "bwt_per_group", j),
-                 *_metric_row(metrics, unc.metrics, "fwt_per_group", j)]
-                for j, g in enumerate(run.groups)
-            ],
-        )  # fmt: skip
-        if per_round and len(per_round) > 1:
-            d.h(3, "Per round (rows: before the round .. end of the round; FWT vs base)")
-            keys = ["final_accuracy", "learning_accuracy", "bwt", "fwt", "forgetting_max"]
-            d.table(
-                ["round", *keys],
-                [[str(r), *(_fmt(m[k]) for k in keys)] for r, m in per_round.items()],
-            )
-        if "forgetting" in figs:
-            d.img(_rel(figs["forgetting"], run.path) or "", "forgetting")
-    if a.plasticity is not None:
-        _plasticity_section(d, a, figs)
-    if unc.noise_floor:
-        d.h(2, "Noise floor")
-        d.p(
-            "Stage k's last validation and stage k+1's first validate the same weights: their "
-            "difference is what sampling alone does. A difference whose interval excludes 0 is "
-            "flagged: more than sampling explains (non-determinism, or a chaining bug)."
-        )
-        d.table(
-            ["boundary", "group", "difference", "95 % interval", "n", "method", "flag"],
-            [
-                [
-                    e["boundary"],
-                    e["group"],
-                    _signed(e["diff"]),
-                    f"[{_signed(e['lo'])}, {_signed(e['hi'])}]",
-                    str(e["n"]),
-                    e["method"],
-                    "**beyond sampling**" if e["flag"] else "",
-                ]
-                for e in unc.noise_floor
-            ],
-        )
+
+
+def _stages(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     d.h(2, "Stages")
     rows = []
-    for k, res in enumerate(results, start=1):
+    for k, res in enumerate(a.results, start=1):
         st = res.stage
-        j = run.groups.index(st.group)
-        before = R[k - 1, j]
-        after = R[k, j]
-        ws = (res.weights_stage or {}).get("global") or {}
-        wc = (res.weights_cumulative or {}).get("global") or {}
+        j = a.run.groups.index(st.group)
+        before, after = a.R[k - 1, j], a.R[k, j]
+        ws = res.weights_stage.total().summary() if res.weights_stage else {}
+        wc = res.weights_cumulative.total().summary() if res.weights_cumulative else {}
+        score, length = res.train.get("score"), res.train.get("response_length")
         rows.append(
             [
                 st.name,
@@ -593,9 +624,9 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
                 _fmt(float(before)),
                 _fmt(float(after)),
                 _signed(float(after - before)) if np.isfinite(after - before) else "–",
-                _interval_cells(unc.metrics.get(f"plasticity_gain_per_stage[{k}]"))[0],
-                _fmt(res.train.get("score", {}).get("last")),
-                _fmt(res.train.get("response_length", {}).get("mean"), 1),
+                _interval_cells(a.metric("plasticity_gain_per_stage", k))[0],
+                _fmt(score.last if score else None),
+                _fmt(length.mean if length else None, 1),
                 _sci(ws.get("rel_l2")),
                 _sci(wc.get("rel_l2")),
                 _pct(ws.get("unchanged_bitwise")),
@@ -604,38 +635,34 @@ def _document(a: Analysis, figs: dict[str, Path]) -> Doc:
             ]
         )
     d.table(
-        [
-            "stage",
-            "status",
-            "steps",
-            "acc before",
-            "acc after",
-            "gain",
-            "gain 95 % interval",
-            "last score",
-            "mean resp len",
-            "Δw rel (stage)",
-            "Δw rel (vs base)",
-            "unchanged bits",
-            "unchanged |Δ|≤1e-5",
-            "unchanged rel≤1e-3",
-        ],
+        ["stage", "status", "steps", "acc before", "acc after", "gain", "gain 95 % interval",
+         "last score", "mean resp len", "Δw rel (stage)", "Δw rel (vs base)", "unchanged bits",
+         "unchanged |Δ|≤1e-5", "unchanged rel≤1e-3"],
         rows,
-    )
+    )  # fmt: skip
+
+
+def _training_curves(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     if "training" in figs:
         d.h(2, "Training curves")
-        d.img(_rel(figs["training"], run.path) or "", "training metrics")
-    if "weights" in figs:
-        d.h(2, "Weight change")
-        d.p(
-            "Relative L2 change ‖W1−W0‖/‖W0‖ pooled per layer × module (norm-pooled), each stage "
-            "initial→final, plus the cumulative change from the base model to the last stage. "
-            "Unchanged fractions are per stored dtype (see the per-stage JSON)."
-        )
-        d.img(_rel(figs["weights"], run.path) or "", "weight change")
+        _img(d, a, figs, "training", "training metrics")
+
+
+def _weight_change(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
+    if "weights" not in figs:
+        return
+    d.h(2, "Weight change")
+    d.p(
+        "Relative L2 change ‖W1−W0‖/‖W0‖ pooled per layer × module (norm-pooled), each stage "
+        "initial→final, plus the cumulative change from the base model to the last stage. "
+        "Unchanged fractions are per stored dtype (see the per-stage JSON)."
+    )
+    _img(d, a, figs, "weights", "weight change")
+
+
+def _files(d: Doc, a: Analysis, figs: dict[str, Path]) -> None:
     d.h(2, "Files")
     d.p(
-        f"Per-stage metrics: `metrics/metrics_<round>_<group>_{run.size}.json`; all numbers: "
-        f"`metrics/consolidated_metrics_{run.size}.json`."
+        f"Per-stage metrics: `metrics/metrics_<round>_<group>_{a.run.size}.json`; all numbers: "
+        f"`metrics/consolidated_metrics_{a.run.size}.json`."
     )
-    return d

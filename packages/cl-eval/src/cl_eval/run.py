@@ -1,4 +1,5 @@
-"""Find the stages of a run directory: from run.json (schema 1) or from the original file layout.
+"""Find the stages of a run directory: from run.json (``cl_rundir.record``) or from the original
+file layout (``cl_rundir.layout``'s file-name patterns).
 
 Everything is optional: a missing log, checkpoint or stage becomes a warning naming it, so a run
 still in progress gives a partial report. Only a directory with no stage at all is an error.
@@ -6,14 +7,21 @@ still in progress gives a partial report. Only a directory with no stage at all 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from cl_rundir.layout import (
+    LOG_FILE,
+    LOGS_DIR,
+    MODEL_DIR,
+    MODELS_DIR,
+    PROJECT,
+    RUN_JSON,
+    Stage,
+    stage_name,
+)
+from cl_rundir.record import RecordError, RunRecord, StageRecord, read_record
 from countdown_data.groups import GROUPS
-from countdown_data.runs import LOG_FILE, MANIFEST, MODEL_DIR, PROJECT, stage_name
-from countdown_data.runs import Stage as Layout
 
 
 class RunError(Exception):
@@ -21,7 +29,10 @@ class RunError(Exception):
 
 
 @dataclass
-class Stage:
+class StageFiles:
+    """A stage as the evaluator found it: its place in the curriculum, its status, and those of
+    its files that exist (None: missing)."""
+
     index: int
     round: int
     group: str
@@ -43,9 +54,10 @@ class Run:
     size: str
     name: str
     groups: list[str]
-    stages: list[Stage]
+    stages: list[StageFiles]
     base_model: str | None = None
-    manifest: dict | None = None
+    record: RunRecord | None = None
+    """run.json, when the run has a readable one."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -68,48 +80,26 @@ def _order_groups(found: list[str]) -> list[str]:
     return known + [g for g in dict.fromkeys(found) if g not in known]
 
 
-def _manifest_problem(m: Any) -> str | None:
-    """What makes a parsed run.json unusable (wrong types anywhere we read), or None."""
-    if not isinstance(m, dict) or not isinstance(m.get("stages"), list):
-        return "no stages list"
-    if not isinstance(m.get("groups", []), list):
-        return "groups is not a list"
-    for i, st in enumerate(m["stages"]):
-        if not isinstance(st, dict):
-            return f"stage #{i} is not an object"
-        if not isinstance(st.get("group"), str) or not isinstance(st.get("round", 1), int):
-            return f"stage #{i} has no group/round"
-        for key in ("log", "initial_model", "final_model", "validation_dir", "status", "name"):
-            if st.get(key) is not None and not isinstance(st[key], str):
-                return f"stage #{i} {key} is {type(st[key]).__name__}, not a path or name"
-    return None
-
-
 def load_run(path: Path, size: str | None = None) -> Run:
     """Load a run directory; raise RunError only when no stage can be found at all."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run directory {path} does not exist; pass --run DIR of a cl-trainer run")
     warnings: list[str] = []
-    manifest = None
-    mpath = path / MANIFEST
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-            problem = _manifest_problem(manifest)
-            if problem:
-                raise ValueError(problem)
-        except (OSError, ValueError) as exc:
-            warnings.append(f"run.json unreadable ({exc}); discovering stages from file names")
-            manifest = None
-    size = size or (manifest or {}).get("size") or path.name
-    if manifest is not None:
-        run = _from_manifest(path, manifest, size, warnings)
+    try:
+        record = read_record(path)
+    except RecordError as exc:
+        warnings.append(f"{RUN_JSON} unreadable ({exc}); discovering stages from file names")
+        record = None
+    size = size or (record.size if record else None) or path.name
+    if record is not None:
+        run = _from_record(path, record, size, warnings)
     else:
         run = _from_layout(path, size, warnings)
     if not run.stages:
         raise RunError(
-            f"no stages in {path}: expected {MANIFEST} or logs/{PROJECT}_R<round>_<group>.log"
+            f"no stages in {path}: expected {RUN_JSON} or "
+            f"{LOGS_DIR}/{PROJECT}_R<round>_<group>.log"
         )
     for st in run.stages:
         if st.log is not None and not st.log.is_file():
@@ -122,66 +112,68 @@ def load_run(path: Path, size: str | None = None) -> Run:
     return run
 
 
-def _from_manifest(path: Path, m: dict, size: str, warnings: list[str]) -> Run:
-    stages: list[Stage] = []
-    for i, raw in enumerate(m["stages"]):
-        layout = Layout(i, int(raw.get("round") or 1), raw["group"])
-        st = Stage(
-            index=i,
-            round=layout.round,
-            group=layout.group,
-            status=raw.get("status") or "unknown",
-            log=_existing(path, raw.get("log") or layout.log),
-            initial_model=_existing(path, raw.get("initial_model") or layout.initial_model),
-            final_model=_existing(path, raw.get("final_model") or layout.final_model),
-            validation_dir=_existing(path, raw.get("validation_dir") or layout.validation_dir),
-            global_steps=steps if isinstance(steps := raw.get("global_steps"), int) else None,
-        )
-        stages.append(st)
-    groups = [str(g) for g in m.get("groups") or []] or _order_groups([s.group for s in stages])
+def _files(path: Path, i: int, rec: StageRecord) -> StageFiles:
+    """A recorded stage's files that exist; a path the record leaves out is the layout's."""
+    layout = Stage(i, rec.round, rec.group)
+    return StageFiles(
+        index=i,
+        round=rec.round,
+        group=rec.group,
+        status=rec.status or "unknown",
+        log=_existing(path, rec.log or layout.log),
+        initial_model=_existing(path, rec.initial_model or layout.initial_model),
+        final_model=_existing(path, rec.final_model or layout.final_model),
+        validation_dir=_existing(path, rec.validation_dir or layout.validation_dir),
+        global_steps=rec.global_steps,
+    )
+
+
+def _from_record(path: Path, record: RunRecord, size: str, warnings: list[str]) -> Run:
+    stages = [_files(path, i, rec) for i, rec in enumerate(record.stages)]
+    groups = list(record.groups) or _order_groups([s.group for s in stages])
     for st in stages:
         if st.group not in groups:
             groups.append(st.group)
     return Run(
         path=path,
         size=size,
-        name=str(m.get("name") or f"{PROJECT}_{size}"),
+        name=record.name or f"{PROJECT}_{size}",
         groups=groups,
         stages=stages,
-        base_model=m.get("base_model"),
-        manifest=m,
+        base_model=record.base_model,
+        record=record,
         warnings=warnings,
     )
 
 
 def _from_layout(path: Path, size: str, warnings: list[str]) -> Run:
-    found: dict[tuple[int, str], Stage] = {}
-    logs = path / "logs"
+    found: dict[tuple[int, str], StageFiles] = {}
+    logs = path / LOGS_DIR
     for f in sorted(logs.glob(f"{PROJECT}_R*_*.log")) if logs.is_dir() else []:
         m = LOG_FILE.match(f.name)
         if m:
             key = (int(m.group(1)), m.group(2))
-            found.setdefault(key, Stage(0, key[0], key[1])).log = f
-    metrics = path / "metrics"
+            found.setdefault(key, StageFiles(0, key[0], key[1])).log = f
+    metrics = path / MODELS_DIR
     for d in sorted(metrics.iterdir()) if metrics.is_dir() else []:
         m = MODEL_DIR.match(d.name)
         if m and d.is_dir():
             key = (int(m.group(2)), m.group(3))
-            st = found.setdefault(key, Stage(0, key[0], key[1]))
+            st = found.setdefault(key, StageFiles(0, key[0], key[1]))
             setattr(st, f"{m.group(1)}_model", d)
     groups = _order_groups([g for _, g in found])
     stages = sorted(found.values(), key=lambda s: (s.round, groups.index(s.group)))
     for i, st in enumerate(stages):
         st.index = i
         st.status = "done" if st.final_model is not None else "unknown"
-        st.validation_dir = _existing(path, Layout(i, st.round, st.group).validation_dir)
+        st.validation_dir = _existing(path, Stage(i, st.round, st.group).validation_dir)
     if stages:
         warnings.append("no run.json; stages discovered from logs/ and metrics/ file names")
         _note_gaps(stages, groups, warnings)
     return Run(path, size, f"{PROJECT}_{size}", groups, stages, warnings=warnings)
 
 
-def _note_gaps(stages: list[Stage], groups: list[str], warnings: list[str]) -> None:
+def _note_gaps(stages: list[StageFiles], groups: list[str], warnings: list[str]) -> None:
     """Name the stages a full round-robin curriculum would have before the last one found."""
     have = {(s.round, s.group) for s in stages}
     last = (stages[-1].round, groups.index(stages[-1].group))

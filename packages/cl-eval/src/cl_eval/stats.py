@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,15 +120,42 @@ def replicate_matrices(
     return out
 
 
-def flatten(metrics: dict[str, object]) -> dict[str, float | None]:
-    """Scalar view of a metrics dict: lists become ``name[k]`` (k counts from 1)."""
-    out: dict[str, float | None] = {}
+class MetricKey(NamedTuple):
+    """One scalar of a metrics dict: a metric's name and, for a per-stage or per-group list, the
+    1-based position in it. JSON spells it ``name`` or ``name[index]``."""
+
+    name: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.index is None else f"{self.name}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A number with its 95 % interval (None where there is none), how many observations it
+    rests on and how the interval was made."""
+
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+    method: str = ""
+
+    @property
+    def excludes_zero(self) -> bool | None:
+        return excludes_zero((self.lo, self.hi))
+
+
+def flatten(metrics: dict[str, object]) -> dict[MetricKey, float | None]:
+    """Scalar view of a metrics dict: a list's entries get their position (from 1)."""
+    out: dict[MetricKey, float | None] = {}
     for key, value in metrics.items():
         if isinstance(value, list | tuple):
             for k, v in enumerate(value, start=1):
-                out[f"{key}[{k}]"] = _num(v)
+                out[MetricKey(key, k)] = _num(v)
         elif isinstance(value, int | float) or value is None:
-            out[key] = _num(value)
+            out[MetricKey(key)] = _num(value)
     return out
 
 
@@ -137,9 +165,9 @@ def _num(v: object) -> float | None:
 
 def metric_replicates(
     replicates: np.ndarray, compute: Callable[[np.ndarray], dict[str, object]]
-) -> dict[str, np.ndarray]:
+) -> dict[MetricKey, np.ndarray]:
     """Each metric of ``compute`` recomputed on every replicate matrix (NaN where undefined)."""
-    values: dict[str, list[float]] = {}
+    values: dict[MetricKey, list[float]] = {}
     for R in replicates:
         for key, v in flatten(compute(R)).items():
             values.setdefault(key, []).append(math.nan if v is None else v)

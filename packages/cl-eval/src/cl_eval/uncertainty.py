@@ -13,7 +13,6 @@ something else changed between them (non-determinism, or a chaining bug).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -30,6 +29,7 @@ from cl_eval.samples import PuzzleKey, Validation, read_validation, validation_f
 from cl_eval.stats import (
     BOOTSTRAP_RESAMPLES,
     Cell,
+    MetricKey,
     excludes_zero,
     interval,
     metric_replicates,
@@ -38,9 +38,10 @@ from cl_eval.stats import (
     replicate_matrices,
     rng,
 )
+from countdown_data.dataset import read_manifest
 
 if TYPE_CHECKING:
-    from cl_eval.analysis import StageResult
+    from cl_eval.analysis import LoggedValidation, StageResult
 
 _SAMPLES = re.compile(r"mean@(\d+)$")
 
@@ -51,9 +52,9 @@ class Uncertainty:
     hi: np.ndarray
     n: list[list[int | None]]
     method: list[list[str | None]]
-    metrics: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    metrics: dict[MetricKey, tuple[float | None, float | None]] = field(default_factory=dict)
     noise_floor: list[dict] = field(default_factory=list)
-    replicates: dict[str, np.ndarray] = field(default_factory=dict)
+    replicates: dict[MetricKey, np.ndarray] = field(default_factory=dict)
     """Every metric on every resampled matrix: what ``cl-eval compare`` pairs across runs."""
     puzzles: dict[str, tuple[PuzzleKey, ...]] = field(default_factory=dict)
     """Per group, the puzzles the resampling is over (empty without records)."""
@@ -93,31 +94,31 @@ class Records:
 
 def puzzles_per_group(run: Run) -> dict[str, int]:
     """Test puzzles per group from the run's data manifest (when the data set is still there)."""
-    config = (run.manifest or {}).get("config") or {}
+    if run.record is None or run.record.data_dir is None:
+        return {}
     try:
-        data = json.loads((Path(str(config["data_dir"])) / "manifest.json").read_text())
+        data = read_manifest(run.record.data_dir)
         counts = {g: int(data["counts"][g]["test"]) for g in run.groups}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
-    overrides = [*config.get("preset_overrides", []), *config.get("overrides", [])]
-    limit = [o for o in overrides if str(o).startswith("data.val_max_samples=")]
-    if limit:  # veRL takes that many rows at random across all groups: each group's share
-        total = sum(counts.values())
-        cap = int(str(limit[-1]).split("=", 1)[1])
-        if 0 < cap < total:
-            counts = {g: round(cap * c / total) for g, c in counts.items()}
+    cap, total = run.record.val_max_samples, sum(counts.values())
+    if cap is not None and cap < total:  # veRL draws that many over all groups: each one's share
+        counts = {g: round(cap * c / total) for g, c in counts.items()}
     return counts
 
 
 def _cells(
-    run: Run, sources: list[tuple[StageResult, dict] | None], R: np.ndarray, records: Records
+    run: Run,
+    sources: list[tuple[StageResult, LoggedValidation] | None],
+    R: np.ndarray,
+    records: Records,
 ) -> tuple[list[list[Cell | None]], dict[str, tuple[PuzzleKey, ...]]]:
     rows, groups = R.shape
     per_puzzle: list[list[dict[PuzzleKey, float] | None]] = [[None] * groups for _ in range(rows)]
     for i, src in enumerate(sources):
         if src is None:
             continue
-        val = records.get(src[0], src[1]["step"])
+        val = records.get(src[0], src[1].step)
         for j, g in enumerate(run.groups):
             if val is not None and g in val.outcomes:
                 per_puzzle[i][j] = val.puzzle_accuracy(g)
@@ -142,7 +143,7 @@ def _cells(
             if p is not None and shared:
                 cells[i][j] = Cell(mean, puzzles=np.array([p[k] for k in shared]))
                 continue
-            key = src[1]["keys"].get(g) or ""
+            key = src[1].keys.get(g) or ""
             m = _SAMPLES.search(key)
             answers = counts.get(g, 0) * (int(m.group(1)) if m else 1)
             cells[i][j] = Cell(mean, answers=answers or None)
@@ -156,12 +157,12 @@ def _noise_floor(
     for prev, nxt in pairwise(results):
         if not (prev.after and nxt.before):
             continue
-        a = records.get(prev, prev.after["step"])
-        b = records.get(nxt, nxt.before["step"])
+        a = records.get(prev, prev.after.step)
+        b = records.get(nxt, nxt.before.step)
         for g in run.groups:
-            if g not in prev.after["accuracy"] or g not in nxt.before["accuracy"]:
+            if g not in prev.after.accuracy or g not in nxt.before.accuracy:
                 continue
-            pa, pb = prev.after["accuracy"][g], nxt.before["accuracy"][g]
+            pa, pb = prev.after.accuracy[g], nxt.before.accuracy[g]
             entry = {"boundary": f"{prev.stage.name} → {nxt.stage.name}", "group": g}
             if a is not None and b is not None and g in a.outcomes and g in b.outcomes:
                 xa, xb = a.puzzle_accuracy(g), b.puzzle_accuracy(g)
@@ -186,7 +187,7 @@ def estimate(
     run: Run,
     results: list[StageResult],
     R: np.ndarray,
-    sources: list[tuple[StageResult, dict] | None],
+    sources: list[tuple[StageResult, LoggedValidation] | None],
     cur: Curriculum,
     stages_used: int,
     warnings: list[str],

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -139,20 +140,31 @@ def _config(d: Path) -> dict:
         return {}
 
 
-def classify(name: str) -> tuple[int | None, str]:
-    """(layer index or None, module type) of a parameter name (Qwen2/Llama naming)."""
+class LayerModule(NamedTuple):
+    """Where a parameter sits: its layer (None outside the layers: embeddings, final norm,
+    lm_head) and its module type. JSON spells it ``<layer>:<module>`` (``-`` for no layer)."""
+
+    layer: int | None
+    module: str
+
+    def __str__(self) -> str:
+        return f"{'-' if self.layer is None else self.layer}:{self.module}"
+
+
+def classify(name: str) -> LayerModule:
+    """The layer and module type of a parameter name (Qwen2/Llama naming)."""
     m = _LAYER.search(name)
     layer = int(m.group(1)) if m else None
     if "embed_tokens" in name or name.endswith("wte.weight"):
-        return layer, "embed"
+        return LayerModule(layer, "embed")
     if name.startswith("lm_head"):
-        return layer, "lm_head"
+        return LayerModule(layer, "lm_head")
     p = _PROJ.search(name)
     if p:
-        return layer, p.group(1)
+        return LayerModule(layer, p.group(1))
     if "norm" in name or "ln_" in name:
-        return layer, "norm"
-    return layer, "other"
+        return LayerModule(layer, "norm")
+    return LayerModule(layer, "other")
 
 
 @dataclass
@@ -300,13 +312,21 @@ class WeightDiff:
     warnings: list[str] = field(default_factory=list)
 
     def aggregate(self, by: str) -> dict[str, TensorStats]:
-        """Pool stats by "layer", "module" or "layer_module" (keys "3", "q", "3/q"; "-": none)."""
+        """Pool stats by "layer" or "module" (keys "3", "q"; "-": no layer)."""
         out: dict[str, TensorStats] = defaultdict(TensorStats)
         for name, st in self.tensors.items():
             layer, module = classify(name)
-            lk = "-" if layer is None else str(layer)
-            key = {"layer": lk, "module": module, "layer_module": f"{lk}/{module}"}[by]
-            out[key].add(st)
+            if by == "layer":
+                out["-" if layer is None else str(layer)].add(st)
+            else:
+                out[module].add(st)
+        return dict(out)
+
+    def by_layer_module(self) -> dict[LayerModule, TensorStats]:
+        """Stats pooled per layer and module."""
+        out: dict[LayerModule, TensorStats] = defaultdict(TensorStats)
+        for name, st in self.tensors.items():
+            out[classify(name)].add(st)
         return dict(out)
 
     def total(self) -> TensorStats:
@@ -320,19 +340,16 @@ class WeightDiff:
 
         Rows are the layers plus a last
         "non-layer" row (embeddings, final norm, lm_head); NaN where a row lacks the module."""
-        agg = self.aggregate("layer_module")
-        layers = sorted({int(k.split("/")[0]) for k in agg if not k.startswith("-/")})
-        rows = [str(i) for i in layers] + (
-            ["non-layer"] if any(k.startswith("-/") for k in agg) else []
-        )
-        mods = [m for m in MODULES if any(k.endswith("/" + m) for k in agg)]
+        agg = self.by_layer_module()
+        layers = sorted({k.layer for k in agg if k.layer is not None})
+        outside = ["non-layer"] if any(k.layer is None for k in agg) else []
+        rows = [str(i) for i in layers] + outside
+        mods = [m for m in MODULES if any(k.module == m for k in agg)]
         M = np.full((len(rows), len(mods)), np.nan)
         for k, st in agg.items():
-            lk, mod = k.split("/")
             v = st.summary()[value]
-            M[rows.index("non-layer" if lk == "-" else lk), mods.index(mod)] = (
-                np.nan if v is None else v
-            )
+            row = "non-layer" if k.layer is None else str(k.layer)
+            M[rows.index(row), mods.index(k.module)] = np.nan if v is None else v
         return rows, mods, M
 
     def to_dict(self, per_tensor: bool = True) -> dict:

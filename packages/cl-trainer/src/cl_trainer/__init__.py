@@ -3,11 +3,10 @@
 from cl_trainer.config import TrainerConfig, resolve_config
 from cl_trainer.errors import TrainerError
 from cl_trainer.presets import PRESETS
-from cl_trainer.stages import Stage, StagePlan, stage_plan
+from cl_trainer.stages import StagePlan, stage_plan
 
 __all__ = [
     "PRESETS",
-    "Stage",
     "StagePlan",
     "TrainerConfig",
     "TrainerError",

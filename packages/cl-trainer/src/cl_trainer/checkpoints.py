@@ -68,3 +68,17 @@ def prune(root: Path, keep: int) -> list[int]:
     if keep == 0:
         (Path(root) / TRACKER).unlink(missing_ok=True)
     return doomed
+
+
+def keep_resume_point(root: Path) -> list[int]:
+    """Before a stage resumes: delete every step directory but the tracker's, the one veRL
+    resumes from. Older ones would stay to the stage's end (veRL rotates out only what it wrote
+    in the same process) and newer ones are half-written (the tracker is written last). Without
+    a tracker, or with its step missing, nothing is deleted. Returns the steps deleted."""
+    step = read_tracker(root)
+    if step is None or not step_dir(root, step).is_dir():
+        return []
+    doomed = [s for s in steps(root) if s != step]
+    for s in doomed:
+        shutil.rmtree(step_dir(root, s))
+    return doomed

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
-import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from cl_rundir.layout import Stage
 from cl_trainer.config import TrainerConfig, looks_like_hub_id
 from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.presets import APPROX_PARAMS, DATA_COMMANDS, TINY_MODEL_SENTINEL
+from cl_trainer.sizing import disk_needed, model_params, run_size
 from countdown_data.dataset import split_path
 
 ATTN_OVERRIDE = "actor_rollout_ref.model.override_config.attn_implementation"
@@ -22,21 +23,35 @@ NO_GPU = (
     "or --backend local, or see `cl-trainer plan`"
 )
 NO_FLASH_ATTN = (
-    "FlashAttention-2 is not installed (veRL loads the actor, reference and PPO critic with it): "
-    "`uv sync --locked --extra gpu --no-install-package flash-attn && uv sync --locked --extra "
-    "gpu` builds it against the installed torch (needs the CUDA toolkit's nvcc), or use the "
-    "trainer image (deploy/docker/Dockerfile)"
+    "FlashAttention-2 does not work here ({problem}), and veRL loads the actor, reference and PPO "
+    "critic with it: `uv sync --locked --extra gpu --no-install-package flash-attn && uv sync "
+    "--locked --extra gpu` builds it against the installed torch (needs the CUDA toolkit's nvcc; "
+    "FLASH_ATTN_CUDA_ARCHS lists the GPU architectures, 90 for H100/H200), or use the trainer "
+    "image (deploy/docker/Dockerfile, build argument FLASH_ATTN_CUDA_ARCHS)"
 )
+FLASH_ATTN_PROBE = """
+import sys
+import torch
+try:
+    import flash_attn_2_cuda  # the compiled kernels: the package's metadata proves nothing
+except Exception as exc:
+    sys.exit(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+if torch.cuda.is_available():
+    from flash_attn import flash_attn_func
+    arch = "sm_%d%d" % torch.cuda.get_device_capability(0)
+    q = torch.zeros(1, 1, 1, 64, dtype=torch.bfloat16, device="cuda")
+    try:
+        flash_attn_func(q, q, q)
+        torch.cuda.synchronize()
+    except Exception as exc:
+        sys.exit(f"on this GPU, {arch}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+"""
+"""Run in a child process, so that no CUDA context of the trainer's own holds GPU memory."""
+FLASH_ATTN_PROBE_TIMEOUT_S = 300
 SLOW_ON_CPU = (
     "note: --device cpu runs veRL's own trainer on the CPU: right for checking a configuration "
     "on a laptop, hours to days for a real model's stage"
 )
-
-CHECKPOINT_BYTES_PER_PARAM = 4 + 4 + 8
-"""One checkpoint of one trained model: its HF export (fp32: veRL saves the fp32 training copy),
-its fp32 FSDP shards and Adam's two fp32 moments."""
-EXPORT_BYTES_PER_PARAM = 4
-"""A stage's final HF export, kept (as hard links) when its checkpoints are pruned away."""
 
 
 def gpu_count() -> int:
@@ -148,45 +163,6 @@ def check_batches(cfg: TrainerConfig) -> None:
         )
 
 
-def model_params(model: str, fallback: int) -> int:
-    """Parameters of a local model, counted from its safetensors headers (so fp32 and bf16 files
-    count alike); the preset's figure for a hub ID not yet on disk."""
-    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
-    if not files:
-        return fallback
-    total = 0
-    try:
-        for file in files:
-            with open(file, "rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                if n > file.stat().st_size:
-                    raise ValueError("not a safetensors header")
-                header = json.loads(f.read(n))
-            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return fallback  # not readable here; loading it will say what is wrong
-    return total
-
-
-def checkpoint_bytes(cfg: TrainerConfig, model: str) -> int:
-    """One full checkpoint of the stage's trained models (actor, plus critic for PPO)."""
-    roles = 2 if cfg.uses_critic else 1
-    return model_params(model, APPROX_PARAMS[cfg.size]) * CHECKPOINT_BYTES_PER_PARAM * roles
-
-
-def disk_needed(cfg: TrainerConfig, model: str, stages_after: int) -> int:
-    """Disk the rest of the curriculum needs from the start of a stage.
-
-    During the stage veRL writes a checkpoint before rotating out the oldest, so it holds
-    ``keep + 1`` at its peak; every finished stage then keeps ``keep`` full checkpoints (with
-    none kept, its final HF exports).
-    """
-    ckpt = checkpoint_bytes(cfg, model)
-    keep = cfg.keep_checkpoints
-    kept = keep * ckpt if keep else ckpt * EXPORT_BYTES_PER_PARAM // CHECKPOINT_BYTES_PER_PARAM
-    return (max(1, keep) + 1) * ckpt + stages_after * kept
-
-
 def human_bytes(n: float) -> str:
     """``1.2 GB``, ``340 MB``, ``12 kB`` (decimal units, as disk sizes are sold and shown)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -195,16 +171,37 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_disk(cfg: TrainerConfig, model: str, stages_after: int = 0) -> None:
+def check_disk(cfg: TrainerConfig, stages: list[Stage], model: str, first: int = 0) -> None:
+    """Enough free disk for stage ``first`` and every one after it, at the run's peak.
+
+    ``model``: the stage's starting model (its parameters are counted). What the stage already
+    holds (the checkpoint a resumed stage starts from) is on disk and not asked for again.
+    """
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    need = disk_needed(cfg, model, stages_after)
+    params = model_params(model, APPROX_PARAMS[cfg.size])
+    sizes = run_size(cfg, stages, params)
+    held = tree_bytes(cfg.run_dir / stages[first].checkpoint_dir)
+    need = max(0, disk_needed(sizes, first) - held)
     free = shutil.disk_usage(cfg.run_dir).free
     if free < need:
+        later = len(stages) - first - 1
+        fixes = "free space" + (", pass --keep-checkpoints 0" if cfg.keep_checkpoints else "")
         raise TrainerError(
-            f"not enough disk for this stage and the {stages_after} after it: about "
-            f"{human_bytes(need)} needed, {human_bytes(free)} free under {cfg.run_dir}; free "
-            "space, pass --keep-checkpoints 0, or pass --out elsewhere"
+            f"not enough disk for stage {stages[first].name} and the {later} after it: about "
+            f"{human_bytes(need)} needed, {human_bytes(free)} free under {cfg.run_dir} "
+            f"(`cl-trainer plan` itemises it); {fixes}, or pass --out elsewhere"
         )
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root``, each inode once (exports are hard links)."""
+    seen, total = set(), 0
+    for path in Path(root).rglob("*") if Path(root).is_dir() else []:
+        st = path.lstat()
+        if path.is_file() and not path.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
 
 
 def needs_flash_attn(cfg: TrainerConfig) -> bool:
@@ -219,15 +216,33 @@ def needs_flash_attn(cfg: TrainerConfig) -> bool:
     return not attn or attn[-1].split("=", 1)[1] == "flash_attention_2"
 
 
-def flash_attn_available() -> bool:
-    from transformers.utils import is_flash_attn_2_available
+def flash_attn_problem() -> str | None:
+    """Why FlashAttention-2 cannot run in the stages' Python, or None when it can: its compiled
+    extension imports (a build against another torch fails here) and, on a GPU, one kernel runs
+    (a build without this GPU's architecture fails here)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", FLASH_ATTN_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=FLASH_ATTN_PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"its check did not finish in {FLASH_ATTN_PROBE_TIMEOUT_S} s"
+    if proc.returncode == 0:
+        return None
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"its check exited with code {proc.returncode}"
 
-    return is_flash_attn_2_available()
 
-
-def check_flash_attn(cfg: TrainerConfig, available: bool | None = None) -> None:
-    if needs_flash_attn(cfg) and not (flash_attn_available() if available is None else available):
-        raise TrainerError(NO_FLASH_ATTN)
+def check_flash_attn(cfg: TrainerConfig, works: bool | None = None) -> None:
+    """``works``: already known (tests); None: probe it, only where a stage needs it."""
+    if not needs_flash_attn(cfg):
+        return
+    problem = flash_attn_problem() if works is None else (None if works else "not installed")
+    if problem:
+        raise TrainerError(NO_FLASH_ATTN.format(problem=problem))
 
 
 def preflight(

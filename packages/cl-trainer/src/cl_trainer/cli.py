@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import signal
 import sys
+import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from cl_trainer.checks import preflight
+from cl_trainer.checks import human_bytes, preflight
 from cl_trainer.config import (
     SETTING_TYPES,
     SETTINGS,
@@ -32,11 +35,13 @@ from cl_trainer.config import (
 from cl_trainer.console import Console
 from cl_trainer.engine import Engine, Stopped
 from cl_trainer.errors import TrainerError, UsageError
-from cl_trainer.manifest import read_manifest
 from cl_trainer.overrides import format_command
-from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.presets import DATA_COMMANDS, PRESETS, TINY_MODEL_SENTINEL
+from cl_trainer.record import read_run
+from cl_trainer.sizing import data_found, disk_needed, disk_peaks, peak_checkpoints, run_size
 from cl_trainer.stages import stage_plan
 from cl_trainer.tracking import wandb_env
+from countdown_data.generate import GenConfig
 from countdown_data.groups import check_group
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -97,6 +102,8 @@ def _option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[...
     flag = meta["flag"] or "--" + f.name.replace("_", "-")
     help_text = f"{meta['help']} {preset_note(f)}".strip()
     kind = SETTING_TYPES[f.name]
+    if type(None) in typing.get_args(kind):  # an optional setting: None means "not given"
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if f.name == "size":
         return click.option(
             flag, "size", required=True, type=click.Choice(list(PRESETS)), help=meta["help"]
@@ -105,7 +112,7 @@ def _option(f: dataclasses.Field) -> Callable[[Callable[..., Any]], Callable[...
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if f.name == "groups":
         return click.option(flag, f.name, callback=_groups, help=help_text)
-    if kind == list[str]:  # repeatable; an empty tuple means "the preset's"
+    if typing.get_origin(kind) is list:  # repeatable; an empty tuple means "the preset's"
         return click.option(
             flag, f.name, multiple=True, callback=lambda _c, _p, v: list(v) or None,
             help=help_text,
@@ -195,9 +202,13 @@ def _train(cfg: TrainerConfig, console: Console, force: bool) -> int:
 
 
 def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
-    """The plan as data: the resolved config and, per stage, its start models and exact command."""
-    manifest = read_manifest(cfg.run_dir) or {}
-    status = {s["name"]: s["status"] for s in manifest.get("stages", [])}
+    """The plan as data: the resolved config, the run's size and, per stage, its start models,
+    its size and its exact command."""
+    record = read_run(cfg.run_dir)
+    status = {s.name: s.status for s in record.stages} if record else {}
+    plans = stage_plan(cfg, env=wandb_env(cfg))
+    sizes = run_size(cfg, [p.stage for p in plans])
+    peaks = disk_peaks(sizes)
     stages = [
         {
             "index": p.stage.index,
@@ -209,18 +220,90 @@ def plan_data(cfg: TrainerConfig) -> dict[str, Any]:
             "critic": p.critic,
             "log": str(cfg.run_dir / p.stage.log),
             "final_model": str(cfg.run_dir / p.stage.final_model),
+            "train_prompts": size.rows,
+            "steps": size.steps,
+            "validations": size.validations,
+            "checkpoints": size.checkpoints,
+            "disk_peak_bytes": peak,
             "env": p.env,
             "argv": p.argv,
             "command": format_command(p.argv, p.env),
         }
-        for p in stage_plan(cfg, env=wandb_env(cfg))
+        for p, size, peak in zip(plans, sizes, peaks, strict=True)
     ]
+    first = sizes[0]
     return {
         "run_dir": str(cfg.run_dir),
         "name": cfg.run_name,
         "config": cfg.to_dict(),
+        "size": {
+            "data_found": data_found(cfg),
+            "steps": sum(s.steps for s in sizes),
+            "validations": sum(s.validations for s in sizes),
+            "val_prompts": first.val_prompts,
+            "checkpoints": sum(s.checkpoints for s in sizes),
+            "checkpoint_bytes": first.checkpoint_bytes,
+            "peak_checkpoints": peak_checkpoints(cfg, max(s.checkpoints for s in sizes)),
+            "export_bytes": first.export_bytes,
+            "disk_needed_bytes": disk_needed(sizes),
+            "disk_free_bytes": shutil.disk_usage(existing_parent(cfg.run_dir)).free,
+        },
         "stages": stages,
     }
+
+
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (``plan`` creates nothing)."""
+    return next(p for p in (path, *path.parents) if p.exists())
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def size_lines(data: dict[str, Any]) -> list[str]:
+    """The run's size as ``plan`` prints it: a table of the stages, then the disk it needs."""
+    cfg, size, stages = data["config"], data["size"], data["stages"]
+    if size["data_found"]:
+        source = f"from the data in {cfg['data_dir']}"
+    else:
+        gen = GenConfig()
+        command = DATA_COMMANDS.get(cfg["size"], "countdown-data gen")
+        source = (
+            f"no data in {cfg['data_dir']} yet, `uv run {command}` writes it; counted with "
+            f"countdown-data gen's defaults, {gen.train_size:,} training and {gen.test_size:,} "
+            "test puzzles per group"
+        )
+    rows = [
+        (s["name"], s["steps"], s["validations"], s["checkpoints"], s["disk_peak_bytes"])
+        for s in stages
+    ]
+    total = (
+        "total",
+        size["steps"],
+        size["validations"],
+        size["checkpoints"],
+        size["disk_needed_bytes"],
+    )
+    head = f"{'stage':<28}{'steps':>9}{'validations':>13}{'checkpoints':>13}{'disk peak':>12}"
+    lines = [f"# run size ({source}):", f"#   {head}"]
+    for name, steps, vals, ckpts, peak in [*rows, total]:
+        lines.append(f"#   {name:<28}{steps:>9,}{vals:>13,}{ckpts:>13,}{human_bytes(peak):>12}")
+    n = cfg["rollout_n"]
+    kept = cfg["keep_checkpoints"]
+    lines += [
+        f"#   a step: {cfg['train_batch_size']} prompts x {plural(n, 'rollout')}; "
+        f"a validation: {size['val_prompts']:,} prompts (the test puzzles of the run's groups); "
+        f"a checkpoint: {human_bytes(size['checkpoint_bytes'])}",
+        f"# disk: about {human_bytes(size['disk_needed_bytes'])} free needed under "
+        f"{data['run_dir']} ({human_bytes(size['disk_free_bytes'])} free now): a stage holds up "
+        f"to {plural(size['peak_checkpoints'], 'checkpoint')} at once (veRL writes the next before "
+        "deleting the last; a resumed stage keeps the one it resumed from to its end), then "
+        f"keeps its HF exports ({human_bytes(size['export_bytes'])})"
+        + (f" and {plural(kept, 'checkpoint')}" if kept else "")
+        + "; validation records are counted at their longest",
+    ]
+    return lines
 
 
 @main.command(context_settings=CONTEXT)
@@ -237,15 +320,18 @@ def plan(as_json: bool, **params: Any) -> None:
         return
     cfg = data["config"]
     click.echo(
-        f"# {data['name']}: {len(data['stages'])} stages, backend {cfg['backend']}, "
+        f"# {data['name']}: {plural(len(data['stages']), 'stage')}, backend {cfg['backend']}, "
         f"algo {cfg['algo']}, run dir {data['run_dir']}"
     )
+    for line in size_lines(data):
+        click.echo(line)
     click.echo("# resolved configuration:")
     for key, value in cfg.items():
         click.echo(f"#   {key}: {value}")
     for st in data["stages"]:
         click.echo(
             f"\n# stage {st['index'] + 1}/{len(data['stages'])} {st['name']} "
-            f"[{st['status']}]: starts from {st['model']}; log {st['log']}"
+            f"[{st['status']}]: starts from {st['model']}; log {st['log']}; {st['steps']:,} "
+            f"steps, {st['validations']:,} validations, {st['checkpoints']:,} checkpoints"
         )
         click.echo(st["command"])

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl_rundir.layout import BASE_MODEL_DIR, PROJECT
 from cl_trainer.errors import TrainerError
 from cl_trainer.presets import PRESETS, TINY_MODEL_SENTINEL
-from cl_trainer.remedies import parse_all
+from cl_trainer.remedies import REMEDIES, Remedy, parse, parse_all
 from countdown_data.dataset import DEFAULT_DATA_DIR
 from countdown_data.groups import GROUPS, check_group
-from countdown_data.runs import PROJECT
 
 
 def setting(
@@ -83,6 +83,12 @@ class TrainerConfig:
     )
     rounds: int = setting(3, "Rounds through all groups.", minimum=1)
     epochs: int = setting(15, "Epochs per stage.", minimum=1, verl=("trainer.total_epochs",))
+    max_steps: int | None = setting(
+        None,
+        "Stop every stage after at most N steps (veRL's trainer.total_training_steps; default: "
+        "all its epochs): a short first run.",
+        minimum=1,
+    )
     groups: list[str] = setting(GROUPS, "Comma-separated groups in curriculum order.")
     data_dir: str = setting(str(DEFAULT_DATA_DIR), "Output of `countdown-data gen`.")
     out: str | None = setting(None, "Run directory [runs/<size>].", compared=False)
@@ -136,6 +142,11 @@ class TrainerConfig:
     test_freq: int = setting(
         100, "Validate every N steps (and at the end).", verl=("trainer.test_freq",)
     )
+    val_max_samples: int = setting(
+        -1,
+        "Validation puzzles, drawn at random over all groups' test splits (-1: all of them).",
+        verl=("data.val_max_samples",),
+    )
     actor_lr: float = setting(1e-6, "Actor learning rate.", verl=(f"{ACTOR}.optim.lr",))
     critic_lr: float = setting(1e-5, "Critic learning rate (PPO).", verl=("critic.optim.lr",))
     entropy_coeff: float = setting(
@@ -152,14 +163,19 @@ class TrainerConfig:
         "(actor, as the original experiments) or the previous stage's critic (chain).",
         choices=("actor", "chain"),
     )
-    between_stages: list[str] = setting(
+    between_stages: list[Remedy] = setting(
         (),
         "A remedy for plasticity loss applied between stages, name[:key=value,...] "
-        "(repeatable; none by default): shrink-perturb:lambda=0.8,sigma=0.01[,toward=base], "
-        "redo:tau=0.025, replay:fraction=0.25.",
+        "(repeatable; none by default): "
+        + ", ".join(parse(name).spec for name in REMEDIES)
+        + " (the defaults).",
     )
     keep_checkpoints: int = setting(
-        1, "Resumable checkpoints kept per finished stage.", minimum=0, compared=False
+        0,
+        "veRL checkpoints (weights, optimizer) kept once a stage is done; 0: only its final HF "
+        "exports (metrics/, critics/), all that later stages and cl-eval read.",
+        minimum=0,
+        compared=False,
     )
     seed: int = setting(
         0,
@@ -187,7 +203,10 @@ class TrainerConfig:
         return f"{PROJECT}_{self.size}"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """run.json's ``config``: every setting as plain data (a remedy as its canonical spec)."""
+        out = dataclasses.asdict(self)
+        out["between_stages"] = [r.spec for r in self.between_stages]
+        return out
 
 
 SETTINGS: tuple[dataclasses.Field, ...] = dataclasses.fields(TrainerConfig)
@@ -252,7 +271,7 @@ def resolve_config(size: str, **given: Any) -> TrainerConfig:
         values["groups"] = [check_group(g) for g in values["groups"]]
     except ValueError as exc:
         raise TrainerError(str(exc)) from None
-    values["between_stages"] = [r.spec for r in parse_all(list(values["between_stages"]))]
+    values["between_stages"] = parse_all(list(values["between_stages"]))
     out = Path(values["out"]) if values["out"] is not None else default_out(size)
     values["out"] = str(out.expanduser().resolve())
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
@@ -290,7 +309,7 @@ def _normalise_model(model: str) -> str:
 
 def tiny_model_dir(cfg: TrainerConfig) -> Path:
     """Where the tiny preset's base model is built (``cl_trainer.local.tiny``)."""
-    return cfg.run_dir / "base_model"
+    return cfg.run_dir / BASE_MODEL_DIR
 
 
 def base_model_path(cfg: TrainerConfig) -> str:

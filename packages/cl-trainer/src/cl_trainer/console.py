@@ -19,9 +19,10 @@ from rich.console import Console as RichConsole
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cl_trainer.stages import Stage, StagePlan
+from cl_rundir.metric_lines import TOTAL_STEPS, data_sources, group_accuracy, parse_metric_line
+from cl_rundir.record import StageRecord
+from cl_trainer.stages import StagePlan
 from countdown_data.groups import group_of
-from countdown_data.runs import TOTAL_STEPS, data_sources, group_accuracy, parse_metric_line
 
 REWARD_KEY = "critic/score/mean"
 """veRL's mean sequence score of the step's rollouts (the reward before any KL penalty)."""
@@ -154,14 +155,14 @@ class Console:
         if validated or view.step % every == 0:
             self.out.print(escape(view.plain()))
 
-    def stage_finished(self, stage: Stage, record: dict[str, Any]) -> None:
+    def stage_finished(self, record: StageRecord) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
         view = self.view
         self.view = None
-        took = _clock(record.get("duration_s") or 0.0)
-        status = record["status"]
+        took = _clock(record.duration_s or 0.0)
+        status = record.status
         if status == "done":
             moved = ""
             if view is not None and view.last_val:
@@ -170,15 +171,15 @@ class Console:
                     for g, a in view.last_val.items()
                 )
             self.out.print(
-                escape(f"[{stage.name}] done at step {record['global_steps']} in {took}{moved}")
+                escape(f"[{record.name}] done at step {record.global_steps} in {took}{moved}")
             )
             return
         if status == "failed" and not self.verbose:
-            lines = (record.get("error_tail") or "").rstrip("\n").splitlines()
+            lines = (record.error_tail or "").rstrip("\n").splitlines()
             for line in lines[-FAIL_TAIL_LINES:]:
                 self.out.print(escape(f"  | {line}"))
-        how = record.get("signal") or f"exit code {record.get('exit_code')}"
-        log = view.log if view is not None else stage.log
+        how = record.signal or f"exit code {record.exit_code}"
+        log = view.log if view is not None else record.log
         self.out.print(
-            escape(f"[{stage.name}] {status} ({how}) after {took}; log: {log}"), style="red"
+            escape(f"[{record.name}] {status} ({how}) after {took}; log: {log}"), style="red"
         )

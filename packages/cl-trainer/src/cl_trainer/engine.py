@@ -25,25 +25,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from cl_rundir.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
+from cl_rundir.layout import RUN_JSON, Stage
+from cl_rundir.record import RemedyRecord, RunRecord, StageRecord, now, write_record
 from cl_trainer import checkpoints
 from cl_trainer.checks import check_disk
 from cl_trainer.config import TrainerConfig, looks_like_hub_id, tiny_model_dir
 from cl_trainer.errors import TrainerError
-from cl_trainer.manifest import config_diff, new_manifest, now, read_manifest, write_manifest
 from cl_trainer.overrides import data_template, replayed_groups
 from cl_trainer.presets import TINY_MODEL_SENTINEL
-from cl_trainer.remedies import (
-    REDO_PROBE_PROMPTS,
-    apply_weight_remedies,
-    replay_fraction,
-    transforms_weights,
-    write_replay,
-)
-from cl_trainer.stages import Stage, StagePlan, stage_plan
-from cl_trainer.tracking import secret_env, wandb_env
-from countdown_data.atomic import TEMP_SUFFIX, building_dir, remove_stale_temps
+from cl_trainer.record import config_diff, new_record, read_run
+from cl_trainer.remedies import REDO_PROBE_PROMPTS, DataInputs, acting_on, apply_weight_remedies
+from cl_trainer.stages import StagePlan, stage_plan
+from cl_trainer.tracking import wandb_env
 from countdown_data.dataset import load_rows, split_path
-from countdown_data.runs import MANIFEST
 
 ERROR_TAIL_LINES = 40
 TOKENIZER_FILES = (
@@ -68,7 +63,7 @@ class Reporter(Protocol):
 
     def output(self, line: str) -> None: ...
 
-    def stage_finished(self, stage: Stage, record: dict[str, Any]) -> None: ...
+    def stage_finished(self, record: StageRecord) -> None: ...
 
     def note(self, text: str) -> None: ...
 
@@ -275,41 +270,39 @@ class Engine:
         self.backend_cmd = backend_cmd
         self.reporter = reporter
         self.run_dir = cfg.run_dir
-        self.manifest: dict[str, Any] = {}
+        self.record = RunRecord()
         self.lock: RunLock | None = None
 
-    # -- manifest -----------------------------------------------------------------------------
+    # -- run.json -----------------------------------------------------------------------------
 
-    def _open_manifest(self, plans: list[StagePlan]) -> None:
-        old = read_manifest(self.run_dir)
-        fresh = new_manifest(self.cfg, [p.stage for p in plans], self.cfg.model)
-        if old is None:
-            self.manifest = fresh
-        else:
-            diff = config_diff(old.get("config", {}), fresh["config"])
+    def _open_record(self, plans: list[StagePlan]) -> None:
+        old = read_run(self.run_dir)
+        fresh = new_record(self.cfg, [p.stage for p in plans], self.cfg.model)
+        if old is not None:
+            diff = config_diff(old.config, fresh.config)
             if diff and not self.force:
                 raise TrainerError(
-                    f"{self.run_dir / MANIFEST} was made with a different configuration ("
+                    f"{self.run_dir / RUN_JSON} was made with a different configuration ("
                     + "; ".join(diff)
                     + "); rerun with the same options, pass --force to continue anyway, "
                     "or pass a new --out"
                 )
             # Keep what finished; a changed plan (e.g. more rounds) gets fresh pending stages.
-            kept = {s["name"]: s for s in old.get("stages", [])}
-            for i, rec in enumerate(fresh["stages"]):
-                prev = kept.get(rec["name"])
-                if prev is not None and prev.get("index") == rec["index"]:
-                    fresh["stages"][i] = prev
-            for key in ("created_at", "git_sha"):
-                fresh[key] = old.get(key, fresh[key])
-            self.manifest = fresh
+            kept = {s.name: s for s in old.stages}
+            for i, rec in enumerate(fresh.stages):
+                prev = kept.get(rec.name)
+                if prev is not None and prev.index == rec.index:
+                    fresh.stages[i] = prev
+            fresh.created_at = old.created_at or fresh.created_at
+            fresh.git_sha = old.git_sha or fresh.git_sha
+        self.record = fresh
         self._save()
 
     def _save(self) -> None:
-        write_manifest(self.run_dir, self.manifest)
+        write_record(self.run_dir, self.record)
 
-    def _record(self, stage: Stage) -> dict[str, Any]:
-        return self.manifest["stages"][stage.index]
+    def _stage_record(self, stage: Stage) -> StageRecord:
+        return self.record.stages[stage.index]
 
     # -- models -------------------------------------------------------------------------------
 
@@ -333,18 +326,19 @@ class Engine:
         """The stage's inputs: its initial model (linked, or transformed by a remedy) and its
         replay file. Returns the model the stage's initial model comes from."""
         stage, cfg = plan.stage, self.cfg
-        rec = self._record(stage)
+        rec = self._stage_record(stage)
         previous = [p.stage for p in self.plans() if p.stage.index == stage.index - 1]
         source = base if not previous else self.run_dir / previous[0].final_model
         self._check_start(plan, source)
         initial = self.run_dir / stage.initial_model
-        specs = cfg.between_stages
-        if transforms_weights(specs) and stage.index:
-            if not (rec.get("remedies") and checkpoints.has_weights(initial)):  # not on resume
-                self.reporter.note(f"[{stage.name}] applying {', '.join(specs)} to {source}")
+        on_weights = acting_on(cfg.between_stages, "weights")
+        if on_weights and stage.index:
+            if not (rec.remedies and checkpoints.has_weights(initial)):  # not on resume
+                names = ", ".join(r.spec for r in on_weights)
+                self.reporter.note(f"[{stage.name}] applying {names} to {source}")
                 rows = load_rows(Path(cfg.data_dir), stage.group, "train")[:REDO_PROBE_PROMPTS]
-                rec["remedies"] = apply_weight_remedies(
-                    specs,
+                rec.remedies = apply_weight_remedies(
+                    on_weights,
                     source,
                     initial,
                     base=base,
@@ -354,22 +348,28 @@ class Engine:
                 )
         else:
             link_model_dir(source, initial, fallback="symlink")
-        earlier = replayed_groups(cfg, stage)
-        fraction = replay_fraction(specs)
-        if earlier and fraction is not None:
-            data = Path(cfg.data_dir)
-            changed = write_replay(
-                split_path(data, stage.group, "train"),
-                [split_path(data, g, "train") for g in earlier],
-                fraction,
-                self.run_dir / stage.replay_file,
-                seed=cfg.seed + stage.index,
-            )
-            entry = {"name": "replay", "params": {"fraction": fraction}, "changed": changed}
-            rec["remedies"] = [r for r in rec.get("remedies") or [] if r["name"] != "replay"]
-            rec["remedies"].append(entry | {"changed": changed | {"from": earlier}})
+        self._apply_data_remedies(stage, rec)
         self._save()
         return source
+
+    def _apply_data_remedies(self, stage: Stage, rec: StageRecord) -> None:
+        """Rewrite the stage's training file (``Stage.replay_file``) from its own and the earlier
+        groups' training files, remedy after remedy; done again on every resume (cheap, and the
+        same seed gives the same file)."""
+        cfg, data = self.cfg, Path(self.cfg.data_dir)
+        earlier = replayed_groups(cfg, stage)
+        if not earlier:
+            return
+        own = split_path(data, stage.group, "train")
+        out = self.run_dir / stage.replay_file
+        for remedy in acting_on(cfg.between_stages, "data"):
+            inputs = DataInputs(
+                own, [split_path(data, g, "train") for g in earlier], out, cfg.seed + stage.index
+            )
+            changed = remedy.declaration.fn(remedy.params, inputs) | {"from": earlier}
+            rec.remedies = [r for r in rec.remedies if r.name != remedy.name]
+            rec.remedies.append(RemedyRecord(remedy.name, dict(remedy.params), changed))
+            own = out
 
     def _check_start(self, plan: StagePlan, source: Path) -> None:
         """The previous stage's exports this stage starts from must be there."""
@@ -397,47 +397,83 @@ class Engine:
             self.lock = lock
             plans = self.plans(check_network=True)
             self._remove_stale_temps(plans)
-            self._open_manifest(plans)
-            todo = [p for p in plans if self._record(p.stage)["status"] != "done"]
+            self._open_record(plans)
+            self._prune_done(plans)
+            todo = [p for p in plans if self._stage_record(p.stage).status != "done"]
             if not todo:
-                self.reporter.note(f"all {len(plans)} stages are done: {self.run_dir / MANIFEST}")
+                self.reporter.note(f"all {len(plans)} stages are done: {self.run_dir / RUN_JSON}")
                 return 0
             base = self.base_model_dir()
-            self.manifest["base_model"] = (
+            self.record.base_model = (
                 str(base) if self.cfg.model == TINY_MODEL_SENTINEL else self.cfg.model
             )
             for plan in todo:
-                code = self._run_stage(plan, base, len(plans))
+                code = self._run_stage(plan, base, plans)
                 if code != 0:
                     return code
-            self.reporter.note(f"curriculum finished: {self.run_dir / MANIFEST}")
+            self.reporter.note(f"curriculum finished: {self.run_dir / RUN_JSON}")
             return 0
 
     def _remove_stale_temps(self, plans: list[StagePlan]) -> None:
         """What a killed engine or stage process left half-written (only we write here now)."""
-        targets = [self.run_dir / MANIFEST, tiny_model_dir(self.cfg)]
+        targets = [self.run_dir / RUN_JSON, tiny_model_dir(self.cfg)]
         for p in plans:
             ckpt = self.run_dir / p.stage.checkpoint_dir
             targets += [ckpt / checkpoints.TRACKER, ckpt / "global_step_*"]
         remove_stale_temps(targets)
 
-    def _run_stage(self, plan: StagePlan, base: Path, total: int) -> int:
-        stage = plan.stage
-        rec = self._record(stage)
-        start = self._prepare(plan, base)
-        check_disk(self.cfg, str(start), stages_after=total - stage.index - 1)
+    def _prune_done(self, plans: list[StagePlan]) -> None:
+        """Checkpoints a done stage still holds beyond ``keep_checkpoints`` (an engine stopped
+        between recording a stage done and pruning it, or a run made with more kept)."""
+        for p in plans:
+            if self._stage_record(p.stage).status == "done" and (gone := self._prune(p.stage)):
+                ckpt = self.run_dir / p.stage.checkpoint_dir
+                shown = ", ".join(map(str, gone))
+                self.reporter.note(
+                    f"[{p.stage.name}] removed the checkpoints of step {shown} ({ckpt})"
+                )
+
+    def _prune(self, stage: Stage) -> list[int]:
+        """Delete a done stage's checkpoints beyond ``keep_checkpoints``, once its exports (all
+        that later stages and cl-eval read) are complete. Returns the steps deleted."""
         ckpt = self.run_dir / stage.checkpoint_dir
-        resumed = rec["status"] in ("running", "failed", "interrupted")
-        rec.update(status="running", exit_code=None, signal=None, error_tail=None, finished_at=None)
-        rec["started_at"] = rec["started_at"] or now()
+        keep = self.cfg.keep_checkpoints
+        if len(checkpoints.steps(ckpt)) <= keep:
+            return []
+        exports = [stage.final_model] + ([stage.final_critic] if self.cfg.uses_critic else [])
+        missing = [e for e in exports if not checkpoints.has_weights(self.run_dir / e)]
+        if missing:
+            self.reporter.note(
+                f"[{stage.name}] keeping its checkpoints in {ckpt}: {', '.join(missing)} has no "
+                "weights"
+            )
+            return []
+        return checkpoints.prune(ckpt, keep)
+
+    def _run_stage(self, plan: StagePlan, base: Path, plans: list[StagePlan]) -> int:
+        stage = plan.stage
+        rec = self._stage_record(stage)
+        start = self._prepare(plan, base)
+        ckpt = self.run_dir / stage.checkpoint_dir
+        resumed = rec.status in ("running", "failed", "interrupted")
+        if resumed and (gone := checkpoints.keep_resume_point(ckpt)):
+            shown = ", ".join(map(str, gone))
+            self.reporter.note(
+                f"[{stage.name}] removed the checkpoints of step {shown}: veRL resumes from step "
+                f"{checkpoints.read_tracker(ckpt)} and would never rotate them out"
+            )
+        check_disk(self.cfg, [p.stage for p in plans], str(start), first=stage.index)
+        rec.status, rec.exit_code, rec.signal, rec.error_tail = "running", None, None, None
+        rec.finished_at = None
+        rec.started_at = rec.started_at or now()
         self._save()
         log_path = self.run_dir / stage.log
-        self.reporter.stage_started(plan, total, resumed, log_path)
+        self.reporter.stage_started(plan, len(plans), resumed, log_path)
         t0 = time.monotonic()
         try:
             code = run_teed(
                 plan.argv,
-                {**plan.env, **secret_env(self.cfg, plan.env)},
+                plan.env,
                 log_path,
                 self.reporter,
                 cwd=self.run_dir,
@@ -469,8 +505,10 @@ class Engine:
             )
             return 1
         self._link_finals(stage, checkpoints.step_dir(ckpt, step), start)
-        checkpoints.prune(ckpt, self.cfg.keep_checkpoints)
+        # Recorded done before anything is deleted: a stop in between leaves extra checkpoints
+        # (pruned at the next start), never a done stage's exports without a way back.
         self._finish(stage, t0, status="done", exit_code=0, global_steps=step)
+        self._prune(stage)
         return 0
 
     def _link_finals(self, stage: Stage, step_dir: Path, actor: Path) -> None:
@@ -482,9 +520,10 @@ class Engine:
             link_model_dir(critic_hf, self.run_dir / stage.final_critic, fallback="copy")
 
     def _finish(self, stage: Stage, t0: float, **fields: Any) -> None:
-        rec = self._record(stage)
-        rec.update(fields)
-        rec["finished_at"] = now()
-        rec["duration_s"] = round((rec.get("duration_s") or 0.0) + time.monotonic() - t0, 3)
+        rec = self._stage_record(stage)
+        for name, value in fields.items():
+            setattr(rec, name, value)
+        rec.finished_at = now()
+        rec.duration_s = round((rec.duration_s or 0.0) + time.monotonic() - t0, 3)
         self._save()
-        self.reporter.stage_finished(stage, rec)
+        self.reporter.stage_finished(rec)

@@ -7,10 +7,6 @@ Raised by the checks and the engine; only ``cl_trainer.cli`` turns it into a cli
 class TrainerError(Exception):
     """A condition the user can fix (bad option, missing data, config change, ...)."""
 
-    exit_code = 1
-
 
 class UsageError(TrainerError):
     """A bad option or option combination (the CLI exits with click's usage status, 2)."""
-
-    exit_code = 2

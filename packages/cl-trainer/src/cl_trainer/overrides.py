@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cl_rundir.layout import PROJECT, Stage
 from cl_trainer.config import SETTINGS, TrainerConfig
-from cl_trainer.remedies import replay_fraction
+from cl_trainer.remedies import acting_on
+from cl_trainer.sizing import stage_steps
 from countdown_data.dataset import read_manifest, split_path
 from countdown_data.generate import GenConfig
-from countdown_data.runs import PROJECT, Stage
 from countdown_data.templates import COMPLETION_TEMPLATES, PASS_THROUGH_CHAT_TEMPLATE
 
 BACKEND_MODULES = {"verl": "verl.trainer.main_ppo", "local": "cl_trainer.local"}
@@ -87,8 +88,9 @@ def data_template(data_dir: str | Path) -> str:
 
 
 def replayed_groups(cfg: TrainerConfig, stage: Stage) -> list[str]:
-    """The groups a stage's replay draws from: every group trained before it but its own."""
-    if replay_fraction(cfg.between_stages) is None:
+    """The groups a stage's remedies that act on data draw from: every group trained before it
+    but its own (none without such a remedy)."""
+    if not acting_on(cfg.between_stages, "data"):
         return []
     order = [g for _ in range(cfg.rounds) for g in cfg.groups][: stage.index]
     return [g for g in dict.fromkeys(order) if g != stage.group]
@@ -107,7 +109,12 @@ def critic_token_budget(cfg: TrainerConfig) -> int:
     veRL 0.9.1's v1 trainer batches the critic dynamically by this budget
     (``ppo_infer_max_token_len_per_gpu``), so its ``ppo_micro_batch_size_per_gpu`` has no effect.
     """
-    return cfg.ppo_micro_batch_size_per_gpu * (cfg.max_prompt_length + cfg.max_response_length)
+    return cfg.ppo_micro_batch_size_per_gpu * max_model_len(cfg)
+
+
+def max_model_len(cfg: TrainerConfig) -> int:
+    """The longest sequence a stage generates: a prompt and its answer."""
+    return cfg.max_prompt_length + cfg.max_response_length
 
 
 def wandb_group(cfg: TrainerConfig) -> str:
@@ -135,8 +142,15 @@ def stage_overrides(
         f"actor_rollout_ref.actor.checkpoint.save_contents={CHECKPOINT_SAVE_CONTENTS}",
         f"actor_rollout_ref.actor.checkpoint.load_contents={CHECKPOINT_LOAD_CONTENTS}",
         "actor_rollout_ref.rollout.name=vllm",
+        # vLLM's context is a prompt and its answer; unset, veRL passes the model's
+        # max_position_embeddings (32k for Qwen2.5), and vLLM sizes and checks its KV cache for it.
+        f"actor_rollout_ref.rollout.max_model_len={max_model_len(cfg)}",
         *setting_overrides(cfg),
     ]
+    if cfg.max_steps is not None:
+        # Never more than the stage's epochs hold: with more, veRL's loop ends on the epoch count
+        # before its last step, so the stage's final checkpoint and validation would be missing.
+        ov.append(f"trainer.total_training_steps={stage_steps(cfg, stage.group)}")
     if data_template(cfg.data_dir) in COMPLETION_TEMPLATES:
         ov.append(
             "actor_rollout_ref.model.custom_chat_template=" + hydra_str(PASS_THROUGH_CHAT_TEMPLATE)

@@ -1,6 +1,9 @@
 """Remedies for plasticity loss, applied between stages: the same for both backends, no veRL fork.
 
-Each is declared in one ``--between-stages`` spec, ``name[:key=value,...]`` (repeatable):
+Each remedy is one declaration (:func:`register_remedy`, after veRL's ``register_adv_est``): its
+name, its parameters with their defaults and bounds, what it acts on, and its function. A
+``--between-stages`` spec ``name[:key=value,...]`` (repeatable) is parsed once, when the
+configuration is resolved, into a :class:`Remedy`.
 
 - ``shrink-perturb:lambda=0.8,sigma=0.01[,toward=base]`` (Ash & Adams 2020): θ ← λθ + σε, ε a
   fresh initialisation of the same architecture; with ``toward=base``, θ ← λθ + (1−λ)θ_base + σε,
@@ -11,36 +14,125 @@ Each is declared in one ``--between-stages`` spec, ``name[:key=value,...]`` (rep
 - ``replay:fraction=0.25``: that fraction of each stage's training file comes from earlier
   groups' training puzzles, the rest from the stage's own (same size, same number of steps).
 
-Weight remedies transform the previous stage's final model into the stage's ``metrics/initial_*``
-(so cl-eval sees what really trained); each application is recorded in run.json with what it
-changed. Nothing here imports torch until a transform runs.
+A remedy that acts on ``weights`` transforms the previous stage's final model into the stage's
+``metrics/initial_*`` (so cl-eval sees what really trained). One that acts on ``data`` rewrites
+the training file of every stage that has earlier groups, from its own and their training files,
+into the stage's ``replay_file``. Each application is recorded in run.json with what it changed.
+Nothing here imports torch until a transform runs.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from cl_rundir.record import RemedyRecord
 from cl_trainer.errors import UsageError
 
-PARAMS: dict[str, dict[str, float | str]] = {
-    "shrink-perturb": {"lambda": 0.8, "sigma": 0.01, "toward": "init"},
-    "redo": {"tau": 0.025},
-    "replay": {"fraction": 0.25},
-}
-"""Each remedy's parameters and their defaults."""
-WEIGHT_REMEDIES = ("shrink-perturb", "redo")
+ActsOn = Literal["weights", "data"]
+Params = dict[str, float | str]
 REDO_PROBE_PROMPTS = 64
 _SPEC = re.compile(r"^([a-z-]+)(?::(.*))?$")
 
 
 @dataclass(frozen=True)
-class Remedy:
+class Param:
+    """A remedy's parameter: its default, and either its bounds (``closed`` says which of them
+    are allowed values: ``both``, ``low``, ``high`` or ``neither``) or its choices (value -> what
+    it means)."""
+
+    default: float | str
+    low: float | None = None
+    high: float | None = None
+    closed: Literal["both", "low", "high", "neither"] = "both"
+    choices: dict[str, str] = field(default_factory=dict)
+
+    def check(self, key: str, value: float | str) -> str | None:
+        """Why ``value`` is not allowed, as the end of a one-line error; None when it is."""
+        if self.choices:
+            if value in self.choices:
+                return None
+            return f"{key} is " + " or ".join(f"{k} ({v})" for k, v in self.choices.items())
+        x = float(value)
+        with_low, with_high = self.closed in ("both", "low"), self.closed in ("both", "high")
+        if (self.low is None or x > self.low or (with_low and x == self.low)) and (
+            self.high is None or x < self.high or (with_high and x == self.high)
+        ):
+            return None
+        low = "" if self.low is None else f"{self.low:g} {'<=' if with_low else '<'} "
+        high = "" if self.high is None else f" {'<=' if with_high else '<'} {self.high:g}"
+        return f"needs {low}{key}{high}"
+
+
+@dataclass(frozen=True)
+class WeightInputs:
+    """What a remedy that acts on weights may use besides the model it transforms."""
+
+    tokenizer: Any
+    probe_texts: list[str]
+    """Model inputs of the group the next stage trains (``REDO_PROBE_PROMPTS`` of them)."""
+    base: Path
+    """The curriculum's base model."""
+    seed: int
+
+
+@dataclass(frozen=True)
+class DataInputs:
+    """What a remedy that acts on data may use: the stage's own training file, the earlier
+    groups' training files, and where the stage's new training file goes."""
+
+    own: Path
+    earlier: list[Path]
+    out: Path
+    seed: int
+
+
+@dataclass(frozen=True)
+class Declaration:
     name: str
-    params: dict[str, float | str]
+    acts_on: ActsOn
+    params: dict[str, Param]
+    fn: Callable[..., dict[str, Any]]
+    """weights: ``fn(model, params, WeightInputs)``; data: ``fn(params, DataInputs)``. Both
+    return what they changed (run.json's record)."""
+
+
+REMEDIES: dict[str, Declaration] = {}
+"""Every remedy by name, in declaration order."""
+
+
+def register_remedy(
+    name: str, *, acts_on: ActsOn, params: dict[str, Param]
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Declare a remedy: ``@register_remedy("redo", acts_on="weights", params={...})``."""
+
+    def decorator(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        if name in REMEDIES and REMEDIES[name].fn is not fn:
+            raise ValueError(f"remedy {name} is already registered: {REMEDIES[name].fn}")
+        REMEDIES[name] = Declaration(name, acts_on, params, fn)
+        return fn
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A parsed ``--between-stages`` spec: a declared remedy with every parameter's value."""
+
+    name: str
+    params: Params
+
+    @property
+    def declaration(self) -> Declaration:
+        return REMEDIES[self.name]
+
+    @property
+    def acts_on(self) -> ActsOn:
+        return self.declaration.acts_on
 
     @property
     def spec(self) -> str:
@@ -51,40 +143,28 @@ class Remedy:
 def parse(spec: str) -> Remedy:
     """``name[:key=value,...]`` with every parameter checked; a bad one is a one-line error."""
     m = _SPEC.match(spec.strip())
-    if not m or m.group(1) not in PARAMS:
+    if not m or m.group(1) not in REMEDIES:
         raise UsageError(
-            f"--between-stages {spec!r}: use one of {', '.join(PARAMS)}, e.g. redo:tau=0.025"
+            f"--between-stages {spec!r}: use one of {', '.join(REMEDIES)}, e.g. redo:tau=0.025"
         )
-    name, defaults = m.group(1), PARAMS[m.group(1)]
-    params = dict(defaults)
+    decl = REMEDIES[m.group(1)]
+    params: Params = {k: p.default for k, p in decl.params.items()}
     for item in filter(None, (m.group(2) or "").split(",")):
         key, sep, raw = item.partition("=")
-        if not sep or key not in defaults:
-            raise UsageError(f"--between-stages {spec!r}: {name} takes {', '.join(defaults)}")
-        if isinstance(defaults[key], str):
+        if not sep or key not in decl.params:
+            raise UsageError(f"--between-stages {spec!r}: {decl.name} takes {', '.join(params)}")
+        if decl.params[key].choices:
             params[key] = raw
             continue
         try:
             params[key] = float(raw)
         except ValueError:
             raise UsageError(f"--between-stages {spec!r}: {key} must be a number") from None
-    _check(spec, name, params)
-    return Remedy(name, params)
-
-
-def _check(spec: str, name: str, p: dict[str, float | str]) -> None:
-    def bad(why: str) -> UsageError:
-        return UsageError(f"--between-stages {spec!r}: {why}")
-
-    if name == "shrink-perturb":
-        if not 0 <= float(p["lambda"]) <= 1 or float(p["sigma"]) < 0:
-            raise bad("needs 0 <= lambda <= 1 and sigma >= 0")
-        if p["toward"] not in ("init", "base"):
-            raise bad("toward is init (θ ← λθ + σε) or base (shrink toward the base model)")
-    elif name == "redo" and not 0 <= float(p["tau"]) < 1:
-        raise bad("needs 0 <= tau < 1")
-    elif name == "replay" and not 0 < float(p["fraction"]) < 1:
-        raise bad("needs 0 < fraction < 1")
+    for key, p in decl.params.items():
+        why = p.check(key, params[key])
+        if why is not None:
+            raise UsageError(f"--between-stages {spec!r}: {why}")
+    return Remedy(decl.name, params)
 
 
 def parse_all(specs: list[str]) -> list[Remedy]:
@@ -95,19 +175,15 @@ def parse_all(specs: list[str]) -> list[Remedy]:
     return remedies
 
 
-def transforms_weights(specs: list[str]) -> bool:
-    return any(r.name in WEIGHT_REMEDIES for r in parse_all(specs))
-
-
-def replay_fraction(specs: list[str]) -> float | None:
-    return next((float(r.params["fraction"]) for r in parse_all(specs) if r.name == "replay"), None)
+def acting_on(remedies: list[Remedy], kind: ActsOn) -> list[Remedy]:
+    return [r for r in remedies if r.acts_on == kind]
 
 
 # ------------------------------------------------------------------------------ weights
 
 
 def apply_weight_remedies(
-    specs: list[str],
+    remedies: list[Remedy],
     start: Path,
     out: Path,
     *,
@@ -115,28 +191,25 @@ def apply_weight_remedies(
     probe: list[list[dict[str, str]]],
     template: str,
     seed: int,
-) -> list[dict[str, Any]]:
-    """Transform ``start`` into ``out`` (an HF model directory, written atomically); returns one
-    record per remedy: its name, parameters and what it changed. ``probe``: prompts (messages of
-    ``template``) of the group the next stage trains, for redo."""
+) -> list[RemedyRecord]:
+    """Transform ``start`` into ``out`` (an HF model directory, written atomically) by every
+    remedy that acts on weights, in order; returns one record per remedy: its name, parameters
+    and what it changed. ``probe``: prompts (messages of ``template``) of the group the next
+    stage trains."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from countdown_data.atomic import building_dir
+    from cl_rundir.atomic import building_dir
     from countdown_data.templates import model_input
 
     model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(start)
-    probe_texts = [model_input(m, template, tokenizer) for m in probe]
-    records = []
-    for remedy in parse_all(specs):
-        if remedy.name == "shrink-perturb":
-            changed = shrink_perturb(model, remedy.params, base=base, seed=seed)
-        elif remedy.name == "redo":
-            changed = redo(model, tokenizer, probe_texts, float(remedy.params["tau"]), seed=seed)
-        else:
-            continue
-        records.append({"name": remedy.name, "params": remedy.params, "changed": changed})
+    texts = [model_input(m, template, tokenizer) for m in probe]
+    inputs = WeightInputs(tokenizer, texts, base, seed)
+    records = [
+        RemedyRecord(r.name, dict(r.params), r.declaration.fn(model, r.params, inputs))
+        for r in acting_on(remedies, "weights")
+    ]
     with building_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -153,20 +226,28 @@ def _fresh_init(model: Any, seed: int) -> dict[str, Any]:
     return dict(fresh.named_parameters())
 
 
-def shrink_perturb(
-    model: Any, params: dict[str, float | str], *, base: Path, seed: int
-) -> dict[str, float]:
+@register_remedy(
+    "shrink-perturb",
+    acts_on="weights",
+    params={
+        "lambda": Param(0.8, low=0, high=1),
+        "sigma": Param(0.01, low=0),
+        "toward": Param(
+            "init", choices={"init": "θ ← λθ + σε", "base": "shrink toward the base model"}
+        ),
+    },
+)
+def shrink_perturb(model: Any, params: Params, inputs: WeightInputs) -> dict[str, float]:
     """θ ← λθ + σε, or λθ + (1−λ)θ_base + σε; returns the relative change of all weights."""
     import torch
     from transformers import AutoModelForCausalLM
 
     lam, sigma = float(params["lambda"]), float(params["sigma"])
-    eps = _fresh_init(model, seed)
+    eps = _fresh_init(model, inputs.seed)
     anchor = None
     if params["toward"] == "base":
-        anchor = dict(
-            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).named_parameters()
-        )
+        base = AutoModelForCausalLM.from_pretrained(inputs.base, dtype=torch.float32)
+        anchor = dict(base.named_parameters())
     moved = total = 0.0
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied weights appear once
@@ -179,20 +260,24 @@ def shrink_perturb(
     return {"relative_change": math.sqrt(moved / total) if total else 0.0}
 
 
-def redo(model: Any, tokenizer: Any, texts: list[str], tau: float, *, seed: int) -> dict[str, Any]:
-    """Reset the τ-dormant MLP units (cl-eval's definition, on ``texts``): fresh gate/up rows
-    drawn as at initialisation, zero down columns. Returns the reset units per layer."""
+@register_remedy(
+    "redo", acts_on="weights", params={"tau": Param(0.025, low=0, high=1, closed="low")}
+)
+def redo(model: Any, params: Params, inputs: WeightInputs) -> dict[str, Any]:
+    """Reset the τ-dormant MLP units (``cl_rundir.dormant``'s definition, on the probe texts):
+    fresh gate/up rows drawn as at initialisation, zero down columns. Returns the reset units per
+    layer."""
     import torch
 
-    from cl_eval.probe import dormant_mask, unit_scores
+    from cl_rundir.dormant import dormant_mask, unit_scores
 
-    scores, _ = unit_scores(model, tokenizer, texts)
-    generator = torch.Generator().manual_seed(seed)
+    scores, _ = unit_scores(model, inputs.tokenizer, inputs.probe_texts)
+    generator = torch.Generator().manual_seed(inputs.seed)
     std = float(getattr(model.config, "initializer_range", 0.02))
     reset = []
     with torch.no_grad():
         for layer, s in zip(model.model.layers, scores, strict=True):
-            units = torch.from_numpy(dormant_mask(s, tau)).nonzero()[:, 0]
+            units = torch.from_numpy(dormant_mask(s, float(params["tau"]))).nonzero()[:, 0]
             mlp = layer.mlp
             for proj in (mlp.gate_proj, mlp.up_proj):
                 shape = (len(units), proj.weight.shape[1])
@@ -203,30 +288,31 @@ def redo(model: Any, tokenizer: Any, texts: list[str], tau: float, *, seed: int)
     return {"reset_units_per_layer": reset, "fraction": sum(reset) / (width * len(reset))}
 
 
-# ------------------------------------------------------------------------------- replay
+# ------------------------------------------------------------------------------- data
 
 
-def write_replay(
-    own: Path, earlier: list[Path], fraction: float, out: Path, seed: int
-) -> dict[str, int]:
-    """A training file as large as ``own``: a ``fraction`` of its rows drawn from the
-    ``earlier`` groups' files, the rest from ``own``; shuffled, written atomically."""
+@register_remedy(
+    "replay", acts_on="data", params={"fraction": Param(0.25, low=0, high=1, closed="neither")}
+)
+def replay(params: Params, inputs: DataInputs) -> dict[str, Any]:
+    """A training file as large as the stage's own: a ``fraction`` of its rows drawn from the
+    earlier groups' files, the rest from its own; shuffled, written atomically."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from countdown_data.atomic import writing
+    from cl_rundir.atomic import writing
     from countdown_data.dataset import write_table
 
-    table = pq.read_table(own)
-    pool = pa.concat_tables([pq.read_table(p) for p in earlier])
+    table = pq.read_table(inputs.own)
+    pool = pa.concat_tables([pq.read_table(p) for p in inputs.earlier])
     n = table.num_rows
-    n_replay = min(round(fraction * n), pool.num_rows)
-    rng = np.random.default_rng(seed)
+    n_replay = min(round(float(params["fraction"]) * n), pool.num_rows)
+    rng = np.random.default_rng(inputs.seed)
     keep = table.take(np.sort(rng.choice(n, n - n_replay, replace=False)))
-    replay = pool.take(np.sort(rng.choice(pool.num_rows, n_replay, replace=False)))
-    mixed = pa.concat_tables([keep, replay])
+    replayed = pool.take(np.sort(rng.choice(pool.num_rows, n_replay, replace=False)))
+    mixed = pa.concat_tables([keep, replayed])
     mixed = mixed.take(rng.permutation(mixed.num_rows))
-    with writing(out) as tmp:
+    with writing(inputs.out) as tmp:
         write_table(mixed, tmp)
     return {"rows": mixed.num_rows, "replayed": n_replay}

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cl_rundir.layout import Stage
 from cl_trainer.config import TrainerConfig, base_model_path
 from cl_trainer.overrides import backend_prefix, stage_overrides
-from cl_trainer.remedies import transforms_weights
+from cl_trainer.remedies import acting_on
 from cl_trainer.verl_cpu import cpu_overlay
-from countdown_data.runs import Stage
-
-__all__ = ["Stage", "StagePlan", "plan_stages", "stage_plan"]
 
 
 def uses_cpu_overlay(cfg: TrainerConfig) -> bool:
@@ -62,7 +60,7 @@ def stage_plan(
         env |= overlay_env
     plans: list[StagePlan] = []
     actor = base_model_path(cfg)
-    transformed = transforms_weights(cfg.between_stages)
+    transformed = bool(acting_on(cfg.between_stages, "weights"))
     for stage in plan_stages(cfg):
         if transformed and stage.index:
             actor = str(cfg.run_dir / stage.initial_model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Callable
@@ -33,7 +32,14 @@ def wandb_env(
 
     Online only with ``WANDB_API_KEY`` and (when ``check_network``) a reachable server, because
     veRL's tracker raises if ``wandb.init`` cannot connect and that would kill the stage.
-    An explicit ``WANDB_MODE`` in the environment is respected.
+    An explicit ``WANDB_MODE`` in the environment is respected. ``WANDB_DIR`` is the run
+    directory, so offline runs land in ``<run>/wandb/offline-run-*``, beside everything else of
+    the run.
+
+    The key itself is never passed on: a stage inherits this environment, and on a Ray cluster
+    (``--ray-address``) every actor inherits its node's ``ray start`` environment, which carries
+    the key (``deploy/compose.cluster.yaml``). So the key is in no job's runtime environment,
+    which Ray's dashboard and state API show.
     """
     if not cfg.wandb:
         return {}
@@ -41,28 +47,13 @@ def wandb_env(
         "online" if os.environ.get("WANDB_API_KEY") else "offline"
     )
     if mode == "online" and check_network and not _reachable():
-        warn("W&B server unreachable: logging offline (upload later with `wandb sync`)")
+        warn(
+            "W&B server unreachable: logging offline (upload later with "
+            f"`wandb sync {cfg.run_dir}/wandb/offline-run-*`)"
+        )
         mode = "offline"
     return {
         "WANDB_MODE": mode,
         "WANDB_RUN_GROUP": wandb_group(cfg),
         "WANDB_DIR": str(cfg.run_dir),
     }
-
-
-def secret_env(cfg: TrainerConfig, env: dict[str, str]) -> dict[str, str]:
-    """The W&B key for a stage whose actors run on a Ray cluster (``--ray-address``).
-
-    Such actors do not inherit this shell's environment, and anything in veRL's argv or its
-    ``ray_init`` config ends up printed in the stage log. So the key travels in Ray's job config
-    variable (what ``ray job submit`` sets): ``ray.init`` merges its runtime env into the job's
-    without printing it. Only when W&B is online; never part of ``plan``'s output.
-    """
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
-
-    key = os.environ.get("WANDB_API_KEY")
-    if not (cfg.ray_address and key and env.get("WANDB_MODE") == "online"):
-        return {}
-    job = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
-    job.setdefault("runtime_env", {}).setdefault("env_vars", {})["WANDB_API_KEY"] = key
-    return {RAY_JOB_CONFIG_JSON_ENV_VAR: json.dumps(job)}

@@ -1,7 +1,6 @@
 """Countdown puzzles per operator group: generator, solver, veRL-ready parquet and its manifest.
 
-Also the home of what every package of the workspace shares: the group list (``groups``), atomic
-writes (``atomic``) and the run-directory contract between cl-trainer and cl-eval (``runs``).
+Also the curriculum's group list (``groups``), which every package of the workspace imports.
 """
 
 from countdown_data.dataset import load_rows, read_manifest, split_path, write_dataset

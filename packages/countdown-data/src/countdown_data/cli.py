@@ -22,21 +22,25 @@ from countdown_data.dataset import (
     check_writable,
     existing_outputs,
     read_manifest,
+    split_file,
     up_to_date,
     write_dataset,
 )
 from countdown_data.generate import (
     PROFILES,
+    SPLITS,
     GenConfig,
     GenerationError,
     check_config,
     default_workers,
 )
-from countdown_data.groups import GROUPS, OPERATORS
+from countdown_data.groups import OPERATORS, check_group
 from countdown_data.templates import TEMPLATES
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 QUICK_SIZES = (2_000, 400)
+DEFAULTS = GenConfig()
+"""``gen``'s defaults are the generator's own."""
 
 
 class OptionError(click.ClickException):
@@ -50,6 +54,11 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def _fmt_range(r: tuple[int, int]) -> str:
+    """How ``LOW-HIGH`` options spell a range (what :class:`RangeType` reads)."""
+    return f"{r[0]}-{r[1]}"
+
+
 def _profile_options(name: str) -> str:
     """A profile spelled as the options it stands for."""
     words = []
@@ -57,7 +66,7 @@ def _profile_options(name: str) -> str:
         if isinstance(value, bool):
             words.append(_flag(field) if value else "--no-" + _flag(field)[2:])
         elif isinstance(value, tuple):
-            words.append(f"{_flag(field)} {value[0]}-{value[1]}")
+            words.append(f"{_flag(field)} {_fmt_range(value)}")
         else:
             words.append(f"{_flag(field)} {value}")
     return " ".join(words)
@@ -83,10 +92,6 @@ class RangeType(click.ParamType):
 RANGE = RangeType()
 
 
-def _fmt_range(r: tuple[int, int]) -> str:
-    return f"{r[0]}-{r[1]}"
-
-
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)  # CI logs: one line per message, never wrapped
 
@@ -101,11 +106,10 @@ def main() -> None:
 
 
 def _parse_groups(text: str) -> tuple[str, ...]:
-    names = tuple(g.strip() for g in text.split(",") if g.strip())
-    for g in names:
-        if g not in OPERATORS:
-            raise OptionError(f"unknown group {g!r} in --groups; choose from {', '.join(GROUPS)}")
-    return names
+    try:
+        return tuple(check_group(g.strip()) for g in text.split(",") if g.strip())
+    except ValueError as exc:
+        raise OptionError(f"--groups: {exc}") from None
 
 
 @main.command(context_settings=CONTEXT)
@@ -115,35 +119,52 @@ def _parse_groups(text: str) -> tuple[str, ...]:
     default=DEFAULT_DATA_DIR,
     help="Output directory (one sub-directory per group plus manifest.json).",
 )
-@click.option("--train-size", type=int, default=100_000, help="Training puzzles per group.")
-@click.option("--test-size", type=int, default=1_000, help="Test puzzles per group.")
+@click.option(
+    "--train-size", type=int, default=DEFAULTS.train_size, help="Training puzzles per group."
+)
+@click.option("--test-size", type=int, default=DEFAULTS.test_size, help="Test puzzles per group.")
 @click.option(
     "--quick",
     is_flag=True,
     help=f"Small set ({QUICK_SIZES[0]} train / {QUICK_SIZES[1]} test per group) for "
     "demos; explicit --train-size/--test-size still win.",
 )
-@click.option("--groups", default=",".join(GROUPS), help="Comma-separated groups to generate.")
-@click.option("--seed", type=int, default=0, help="Random seed; same seed, same bytes.")
 @click.option(
-    "--numbers-per-puzzle", type=RANGE, default="3-4", help="How many numbers a puzzle has (2-5)."
+    "--groups", default=",".join(DEFAULTS.groups), help="Comma-separated groups to generate."
 )
-@click.option("--number-range", type=RANGE, default="1-100", help="Range of each number.")
-@click.option("--target-range", type=RANGE, default="10-1000", help="Range of targets.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, help="Random seed; same seed, same bytes.")
+@click.option(
+    "--numbers-per-puzzle",
+    type=RANGE,
+    default=_fmt_range(DEFAULTS.numbers_per_puzzle),
+    help="How many numbers a puzzle has (2-5).",
+)
+@click.option(
+    "--number-range",
+    type=RANGE,
+    default=_fmt_range(DEFAULTS.number_range),
+    help="Range of each number.",
+)
+@click.option(
+    "--target-range",
+    type=RANGE,
+    default=_fmt_range(DEFAULTS.target_range),
+    help="Range of targets.",
+)
 @click.option(
     "--template",
     type=click.Choice(TEMPLATES),
-    default="base",
+    default=DEFAULTS.template,
     help="Prompt style: base (TinyZero), chat (system+user) or compact (tiny model).",
 )
 @click.option(
     "--require-new-op/--no-require-new-op",
-    default=True,
+    default=DEFAULTS.require_new_op,
     help="Make every later-group puzzle unsolvable with the previous group's operators.",
 )
 @click.option(
     "--sort-numbers/--no-sort-numbers",
-    default=False,
+    default=DEFAULTS.sort_numbers,
     help="Show each puzzle's numbers in ascending order instead of the order drawn.",
 )
 @click.option(
@@ -258,7 +279,7 @@ def _run_gen(cfg: GenConfig, out: Path, workers: int) -> None:
         for col in ("group", "ops", "train", "test", "MB"):
             table.add_column(col, justify="left" if col in ("group", "ops") else "right")
         for g in cfg.groups:
-            mb = sum(files[f"{g}/{s}.parquet"]["bytes"] for s in ("train", "test")) / 1e6
+            mb = sum(files[split_file(g, s)]["bytes"] for s in SPLITS) / 1e6
             table.add_row(
                 f"[cyan]{g}[/]",
                 OPERATORS[g],
@@ -411,7 +432,7 @@ def stats(directory: Path) -> None:
     show_default="DIRECTORY/sft_<split>.jsonl",
     help="JSONL file to write.",
 )
-@click.option("--split", type=click.Choice(["train", "test"]), default="train")
+@click.option("--split", type=click.Choice(SPLITS), default="train")
 @click.option(
     "--groups", default=None, show_default="all in the manifest", help="Comma-separated groups."
 )

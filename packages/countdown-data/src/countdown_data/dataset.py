@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from countdown_data.atomic import StagedWrites, new_temp_file, remove_stale_temps
-from countdown_data.generate import GenConfig, ProgressFn, SplitData, generate_iter
+from cl_rundir.atomic import StagedWrites, new_temp_file, remove_stale_temps
+from countdown_data.generate import SPLITS, GenConfig, ProgressFn, SplitData, generate_iter
 from countdown_data.groups import GROUPS, data_source
 from countdown_data.templates import render_prompt
 
@@ -63,8 +63,13 @@ SCHEMA = pa.schema(
 """The row schema veRL's RLHFDataset reads (TinyZero's layout) plus top-level target/nums."""
 
 
+def split_file(group: str, split: str) -> str:
+    """A split's file relative to its data set (how the manifest names it)."""
+    return f"{group}/{split}.parquet"
+
+
 def split_path(root: Path, group: str, split: str) -> Path:
-    return Path(root) / group / f"{split}.parquet"
+    return Path(root) / split_file(group, split)
 
 
 def build_table(group: str, split: str, data: SplitData, template: str) -> pa.Table:
@@ -143,7 +148,7 @@ def check_writable(out: Path) -> None:
 
 def output_files(root: Path, groups: tuple[str, ...] | list[str] = GROUPS) -> list[Path]:
     """Every file a data set of ``groups`` consists of, manifest last."""
-    splits = [split_path(root, g, s) for g in groups for s in ("train", "test")]
+    splits = [split_path(root, g, s) for g in groups for s in SPLITS]
     return [*splits, Path(root) / MANIFEST]
 
 
@@ -165,17 +170,13 @@ def write_dataset(
         for group, split, data in generate_iter(cfg, workers, progress):
             table = build_table(group, split, data, cfg.template)
             tmp = staged.write(split_path(out, group, split), lambda p, t=table: write_table(t, p))
-            files[f"{group}/{split}.parquet"] = {
+            files[split_file(group, split)] = {
                 "rows": table.num_rows,
                 "bytes": tmp.stat().st_size,
                 "sha256": sha256(tmp),
             }
             counts[group][split] = table.num_rows
-        files = {
-            f"{g}/{s}.parquet": files[f"{g}/{s}.parquet"]
-            for g in cfg.groups
-            for s in ("train", "test")
-        }
+        files = {split_file(g, s): files[split_file(g, s)] for g in cfg.groups for s in SPLITS}
         manifest = make_manifest(cfg.params(), counts, files)
         staged.write(out / MANIFEST, lambda p: write_json(manifest, p))
         staged.commit()

@@ -164,10 +164,10 @@ def check_config(cfg: GenConfig) -> None:
             "groups is empty; name at least one of " + ", ".join(GROUPS), "groups"
         )
     for g in cfg.groups:
-        if g not in OPERATORS:
-            raise GenerationError(
-                f"unknown group {g!r} in groups; choose from {', '.join(GROUPS)}", "groups"
-            )
+        try:
+            check_group(g)
+        except ValueError as exc:
+            raise GenerationError(f"groups: {exc}", "groups") from None
     if len(set(cfg.groups)) != len(cfg.groups):
         raise GenerationError("groups lists a group twice", "groups")
     if cfg.template not in TEMPLATES:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from countdown_data.atomic import writing
+from cl_rundir.atomic import writing
 from countdown_data.dataset import load_rows, read_manifest
 from countdown_data.groups import check_group
 from countdown_data.solver import equation_steps

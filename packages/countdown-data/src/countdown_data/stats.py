@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from countdown_data.dataset import read_manifest, read_split
+from countdown_data.generate import SPLITS
 
 
 def split_stats(root: Path, group: str, split: str) -> dict[str, Any]:
@@ -49,4 +50,4 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def dataset_stats(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """``{group: {split: split_stats}}`` for every group the manifest lists."""
     manifest = read_manifest(root)
-    return {g: {s: split_stats(root, g, s) for s in ("train", "test")} for g in manifest["groups"]}
+    return {g: {s: split_stats(root, g, s) for s in SPLITS} for g in manifest["groups"]}

@@ -19,9 +19,10 @@ from countdown_data.dataset import (
     SCHEMA,
     read_manifest,
     sha256,
+    split_file,
     split_path,
 )
-from countdown_data.generate import excluded_ops, puzzle_key
+from countdown_data.generate import SPLITS, excluded_ops, puzzle_key
 from countdown_data.groups import GROUPS, OPERATORS, data_source
 from countdown_data.solver import equation_steps, evaluate_table, expression_table
 from countdown_data.templates import TEMPLATES, render_prompt
@@ -46,7 +47,7 @@ def _check_rows(
     root: str, group: str, split: str, params: dict[str, Any]
 ) -> tuple[list[Violation], list[tuple[int, ...]]]:
     """Row-level checks of one split; also returns its puzzle keys for cross-split checks."""
-    rel = f"{group}/{split}.parquet"
+    rel = split_file(group, split)
     try:
         table = pq.ParquetFile(split_path(Path(root), group, split)).read()
     except Exception as exc:  # damaged data pages under an intact footer: report, don't crash
@@ -182,7 +183,7 @@ def manifest_problems(manifest: Any) -> list[str]:
     counts, files = manifest.get("counts"), manifest.get("files")
     for g in groups:
         entry = counts.get(g) if isinstance(counts, dict) else None
-        for s in ("train", "test"):
+        for s in SPLITS:
             if not isinstance(entry, dict) or not isinstance(entry.get(s), int):
                 problems.append(f"counts.{g}.{s} is missing or not a number")
     if not isinstance(files, dict) or not all(isinstance(f, dict) for f in files.values()):
@@ -202,8 +203,8 @@ def validate(root: Path, workers: int = 1) -> list[Violation]:
         return [Violation(MANIFEST, None, "manifest", p) for p in problems]
     params, groups = manifest["params"], manifest["groups"]
     out: list[Violation] = []
-    splits = [(g, s) for g in groups for s in ("train", "test")]
-    expected = {f"{g}/{s}.parquet" for g, s in splits}
+    splits = [(g, s) for g in groups for s in SPLITS]
+    expected = {split_file(g, s) for g, s in splits}
     if set(manifest["files"]) != expected:
         out.append(
             Violation(
@@ -215,7 +216,7 @@ def validate(root: Path, workers: int = 1) -> list[Violation]:
         )
     present = []
     for g, s in splits:
-        rel = f"{g}/{s}.parquet"
+        rel = split_file(g, s)
         path = split_path(root, g, s)
         entry = manifest["files"].get(rel, {})
         if not path.is_file():
@@ -270,10 +271,11 @@ def validate(root: Path, workers: int = 1) -> list[Violation]:
             if key in test_keys:
                 out.append(
                     Violation(
-                        f"{g}/train.parquet",
+                        split_file(g, "train"),
                         i,
                         "leak",
-                        f"puzzle {key[:-2]} -> {key[-1]} is in {test_keys[key]}/test.parquet",
+                        f"puzzle {key[:-2]} -> {key[-1]} is in "
+                        + split_file(test_keys[key], "test"),
                     )
                 )
     return out

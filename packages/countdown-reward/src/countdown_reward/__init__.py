@@ -5,6 +5,7 @@ No runtime dependencies: import it from veRL, TRL or any RL framework.
 
 from countdown_reward.scoring import (
     FORMAT_SCORE,
+    CountdownReward,
     compute_score,
     compute_score_batch,
     compute_score_with_acc,
@@ -22,6 +23,7 @@ from countdown_reward.verifier import (
 __all__ = [
     "FORMAT_SCORE",
     "MAX_EQUATION_CHARS",
+    "CountdownReward",
     "Verdict",
     "check_equation",
     "compute_score",

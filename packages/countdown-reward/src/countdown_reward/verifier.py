@@ -68,19 +68,31 @@ class Verdict:
         return self.reason != "no_answer"
 
 
-def extract_answer(response: str) -> str | None:
-    """Content of the last ``<answer>…</answer>`` after the last turn marker, or None.
+def extract_answer(response: str, *, includes_prompt: bool = False) -> str | None:
+    """Content of the last complete ``<answer>…</answer>``, or None.
 
-    Prompts contain example tags, so text up to the last ``Assistant:`` / ``<|im_start|>assistant``
-    is ignored; of several answers the last one is the model's final word.
+    Of several answers the last one is the model's final word. ``includes_prompt=True`` is for
+    callers that pass the prompt and the response as one text (TinyZero's reward manager): prompts
+    contain example tags, so only text after the last turn marker (``Assistant:`` or
+    ``<|im_start|>assistant``) counts there. veRL 0.9.1 and TRL pass the response alone, where a
+    marker is just text the model wrote.
+
+    >>> extract_answer("<think>4 * 6 = 24</think> <answer>4 * 6 * (2 - 1)</answer>")
+    '4 * 6 * (2 - 1)'
+    >>> extract_answer("<answer>1 + 2</answer> wait <answer>3 - 1</answer>")
+    '3 - 1'
+    >>> extract_answer("User: reply as <answer>1 + 2</answer>. Assistant: no idea",
+    ...                includes_prompt=True) is None
+    True
     """
-    # Search from the end so the cost is the tail's length, not the response's: a turn marker at
-    # or after the last opening tag means the model's own turn has no complete answer.
+    # Search from the end so the cost is the tail's length, not the response's. With the prompt
+    # included, a turn marker at or after the last opening tag means the model's own turn has no
+    # complete answer.
     close = response.rfind(_CLOSE)
     if close < 0:
         return None
     open_ = response.rfind(_OPEN, 0, close)
-    if open_ < 0 or any(response.find(m, open_) >= 0 for m in TURN_MARKERS):
+    if open_ < 0 or (includes_prompt and any(response.find(m, open_) >= 0 for m in TURN_MARKERS)):
         return None
     return response[open_ + len(_OPEN) : close]
 
@@ -143,8 +155,14 @@ def _evaluate(tokens: list[str]) -> tuple[bool, _Value]:
 
 
 def check_equation(equation: str, target: int, numbers: Iterable[int]) -> Verdict:
-    """Verify a bare equation (no tags) against a puzzle; never raises on any ``equation``."""
-    target, numbers = _check_puzzle(target, numbers)
+    """Verify a bare equation (no tags) against a puzzle; never raises on any ``equation``.
+
+    >>> check_equation("(4 * 6) / (2 - 1) = 24", 24, [4, 6, 2, 1]).correct
+    True
+    >>> check_equation("4 * 6 * 2", 24, [4, 6, 2, 1]).reason
+    'wrong_numbers'
+    """
+    target, numbers = parse_puzzle(target, numbers)
     return _check(equation, target, numbers)
 
 
@@ -176,14 +194,35 @@ def _check(equation: str, target: int, numbers: tuple[str, ...]) -> Verdict:
     return Verdict("correct", equation, value, literals)
 
 
-def verify(solution_str: str, target: int, numbers: Iterable[int]) -> Verdict:
-    """Verify a model response; a malformed puzzle raises ValueError, a bad response never does."""
-    return verify_puzzle(solution_str, *_check_puzzle(target, numbers))
+def verify(
+    solution_str: str, target: int, numbers: Iterable[int], *, includes_prompt: bool = False
+) -> Verdict:
+    """Verify a model response; a malformed puzzle raises ValueError, a bad response never does.
+
+    ``includes_prompt``: see :func:`extract_answer`.
+
+    >>> verdict = verify("<answer>8 / 3 * 3</answer>", 8, [8, 3, 3])
+    >>> verdict.reason, verdict.value, verdict.numbers_used
+    ('correct', Fraction(8, 1), (3, 3, 8))
+    >>> verify("<answer>4 ** 6</answer>", 24, [4, 6, 2, 1]).reason
+    'bad_syntax'
+    >>> verify("<answer>10 / (5 - 5)</answer>", 2, [10, 5, 5]).reason
+    'div_by_zero'
+    >>> verify("I think it is 24", 24, [4, 6, 2, 1]).reason
+    'no_answer'
+    """
+    return verify_puzzle(solution_str, *parse_puzzle(target, numbers), includes_prompt)
 
 
-def verify_puzzle(solution_str: str, target: int, numbers: tuple[str, ...]) -> Verdict:
+def verify_puzzle(
+    solution_str: str, target: int, numbers: tuple[str, ...], includes_prompt: bool = False
+) -> Verdict:
     """:func:`verify` for a puzzle already normalised by :func:`parse_ground_truth`."""
-    answer = extract_answer(solution_str) if isinstance(solution_str, str) else None
+    answer = (
+        extract_answer(solution_str, includes_prompt=includes_prompt)
+        if isinstance(solution_str, str)
+        else None
+    )
     if answer is None:
         return Verdict("no_answer")
     return _check(answer.strip(), target, numbers)
@@ -200,7 +239,7 @@ def _as_int(value: Any, field: str) -> int:
         ) from None
 
 
-def _check_puzzle(target: Any, numbers: Any) -> tuple[int, tuple[str, ...]]:
+def parse_puzzle(target: Any, numbers: Any) -> tuple[int, tuple[str, ...]]:
     """Normalise a puzzle (numpy scalars and arrays welcome) or raise a ValueError naming the field.
 
     Returns the target and the numbers as sorted decimal literals, ready for the multiset test.
@@ -222,7 +261,17 @@ def _check_puzzle(target: Any, numbers: Any) -> tuple[int, tuple[str, ...]]:
 
 
 def parse_ground_truth(ground_truth: Any) -> tuple[int, tuple[str, ...]]:
-    """Read ``{"target": int, "numbers": [int, ...]}``; a ValueError names a bad field."""
+    """Read ``{"target": int, "numbers": [int, ...]}``; a ValueError names a bad field.
+
+    Returns the target and the numbers as sorted decimal literals (what the verifier compares).
+
+    >>> parse_ground_truth({"target": 24, "numbers": [6, 4, 1, 2]})
+    (24, ('1', '2', '4', '6'))
+    >>> parse_ground_truth({"target": 24})
+    Traceback (most recent call last):
+    ...
+    ValueError: ground_truth is missing 'numbers'; expected keys 'target' and 'numbers'
+    """
     try:
         target, numbers = ground_truth["target"], ground_truth["numbers"]
     except KeyError as missing:
@@ -234,4 +283,4 @@ def parse_ground_truth(ground_truth: Any) -> tuple[int, tuple[str, ...]]:
             "ground_truth must be a mapping {'target': int, 'numbers': [int, ...]}, "
             f"got {type(ground_truth).__name__}"
         ) from None
-    return _check_puzzle(target, numbers)
+    return parse_puzzle(target, numbers)

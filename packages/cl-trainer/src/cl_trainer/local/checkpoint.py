@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cl_rundir.atomic import building_dir, write_atomic
 from cl_trainer.checkpoints import STEP_DIR, TRACKER, prune, read_tracker, step_dir
-from countdown_data.atomic import building_dir, write_atomic
 
 
 @dataclass

@@ -19,10 +19,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from cl_rundir.atomic import building_dir
+from cl_rundir.layout import WARM_START_RECORD
 from cl_trainer.errors import UsageError
 from cl_trainer.local.config import LocalConfigError, cpu_threads
-from countdown_data.atomic import building_dir
-from countdown_data.runs import WARM_START_RECORD
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -298,6 +298,7 @@ def ensure_tiny_model(
     """
     from transformers.utils import logging
 
+    from countdown_data.dataset import split_path
     from countdown_data.groups import GROUPS
 
     logging.disable_progress_bar()  # "Writing model shards": a bar for one small file
@@ -306,7 +307,7 @@ def ensure_tiny_model(
     data_dir = Path(data_dir)
     if is_built(out_dir):
         return out_dir
-    present = [g for g in GROUPS if (data_dir / g / "train.parquet").is_file()]
+    present = [g for g in GROUPS if split_path(data_dir, g, "train").is_file()]
     if not present:
         raise FileNotFoundError(
             f"no countdown data in {data_dir}; run `countdown-data gen --quick --template compact`"
