@@ -12,7 +12,9 @@ tokens without any padding, best of three,
   distinct  each distinct prompt once and every response (what must be run at all: the
             ``rollout.n`` responses of a prompt share its prefix, as the backend now runs them).
 Per phase, the floor is one such forward for gen (decoding adds a pass per new token; the ratio
-shows what that and ``generate``'s machinery cost), old_log_prob and ref, and the update's.
+shows what that costs) and ref, and the update's; old_log_prob has none: generation returns the
+old log-probs (the policy has not changed since it drew the responses), so that phase only
+moves them into place.
 
     uv run python bench/local_step.py                             # 5 steps
     CL_LOCAL_THREADS=1 uv run python bench/local_step.py --steps 3
@@ -125,7 +127,7 @@ def floors(
     return {
         "tokens": tokens(whole),
         "gen": fwd,
-        "old_log_prob": fwd,
+        "old_log_prob": 0.0,
         "ref": fwd if t.ref is not None else 0.0,
         "update_actor": timed(update),
     }

@@ -1,11 +1,14 @@
 """The local backend's rollout arithmetic: its shortcuts give what the plain computation gives.
 
 ``rollout.log_probs`` runs only the columns some row uses and encodes each distinct prompt once;
-``rollout.generate`` shares a repeated prompt's prefill. Each is checked against the plain
-computation on the padded batch (one forward, or ``generate`` itself).
+``rollout.generate`` shares a repeated prompt's prefill, drops finished rows and returns the old
+log-probs. Each is checked against the plain computation (one forward over the padded batch,
+transformers' ``generate``, the old-log-prob pass, the model's own distribution).
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -149,3 +152,56 @@ def test_generate_in_chunks_returns_rows_in_the_given_order(model_and_tokenizer)
         )
         for key in ("prompts", "responses", "attention_mask", "response_mask"):
             assert torch.equal(got[key][i], alone[key][0]), (i, key)
+
+
+def test_generation_log_probs_are_the_old_log_probs(model_and_tokenizer) -> None:
+    """The log-probs and entropies generation returns are those the old-log-prob pass computes on
+    its responses, also for rows that stop early and leave the batch (EOS made likely by a high
+    temperature) and with transformers' top-k warper in the sampling."""
+    model, tokenizer = model_and_tokenizer
+    prompts = [[7, 8, 9, 10, 11]] * 8 + [[12, 13, 14]] * 8 + [[15, 16, 17, 18]] * 8
+    torch.manual_seed(0)
+    sampling = {"temperature": 4.0, "top_k": 200, "top_p": 1.0}
+    got = rollout.generate(
+        model, tokenizer, prompts, sampling, True, PROMPT_LENGTH, 40, log_prob_temperature=4.0
+    )
+    lengths = got["response_mask"].sum(-1)
+    assert lengths.min() < 40 and lengths.max() > lengths.min(), "rows end at different steps"
+    with torch.no_grad():
+        want_logp, want_entropy = rollout.log_probs(model, got, 4.0, with_entropy=True)
+    mask = got["response_mask"].bool()
+    torch.testing.assert_close(
+        got["rollout_log_probs"][mask], want_logp[mask], rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        got["rollout_entropy"][mask], want_entropy[mask], rtol=1e-5, atol=1e-5
+    )
+    assert (got["responses"][~mask] == tokenizer.pad_token_id).all()
+    assert (got["rollout_log_probs"][~mask] == 0).all() and (
+        got["rollout_entropy"][~mask] == 0
+    ).all()
+
+
+def test_sampled_first_tokens_follow_the_model_distribution(model_and_tokenizer) -> None:
+    """Sampling draws from softmax(logits / temperature): the first response token's frequencies
+    over 4,000 rollouts of one prompt match the model's probabilities within sampling noise (total
+    variation), and the test tells temperature 1.5 from 1 (the final norm is sharpened so that
+    the two distributions differ)."""
+    base, tokenizer = model_and_tokenizer
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(20.0)
+    prompt = [7, 8, 9, 10, 11]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    want = torch.softmax(logits / 1.5, -1)
+    torch.manual_seed(1)
+    got = rollout.generate(
+        model, tokenizer, [prompt] * 4000, {"temperature": 1.5}, True, PROMPT_LENGTH, 1
+    )["responses"][:, 0]
+    freq = torch.bincount(got, minlength=want.numel()).float() / got.numel()
+    # Sampling noise: the expected total variation is about 0.4 x the sum of the frequencies'
+    # standard deviations; ``bound`` is 2.5 times that, and temperature 1 is farther still.
+    bound = (want * (1 - want) / got.numel()).sqrt().sum()
+    assert 0.5 * (freq - want).abs().sum() < bound
+    assert 0.5 * (want - torch.softmax(logits, -1)).abs().sum() > 2 * bound

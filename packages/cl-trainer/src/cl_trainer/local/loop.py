@@ -257,7 +257,13 @@ class LocalTrainer:
 
     # ----- rollout, reward, update -------------------------------------------------------------
 
-    def _generate(self, examples: list[Example], sampling: Any, do_sample: bool) -> dict[str, Any]:
+    def _generate(
+        self,
+        examples: list[Example],
+        sampling: Any,
+        do_sample: bool,
+        log_prob_temperature: float | None = None,
+    ) -> dict[str, Any]:
         self.model.eval()
         return rollout.generate(
             self.model,
@@ -267,6 +273,7 @@ class LocalTrainer:
             do_sample,
             int(self.cfg.data.max_prompt_length),
             int(self.cfg.data.max_response_length),
+            log_prob_temperature=log_prob_temperature,
         )
 
     def validate(self) -> dict[str, Any]:
@@ -400,17 +407,20 @@ class LocalTrainer:
         uids = np.array(
             [u for u in (str(uuid.uuid4()) for _ in prompts) for _ in range(n)], dtype=object
         )
+        temperature = float(rollout_cfg.temperature)
         with timer("step", timing):
             with timer("gen", timing):
-                batch: dict[str, Any] = self._generate(examples, rollout_cfg, True)
+                batch: dict[str, Any] = self._generate(examples, rollout_cfg, True, temperature)
             with timer("reward", timing):
                 batch["token_level_scores"], _ = score(
                     self.reward_fn, self.tokenizer, examples, batch
                 )
-            temperature = float(rollout_cfg.temperature)
-            with timer("old_log_prob", timing), torch.no_grad():
-                old, entropy = rollout.log_probs(self.model, batch, temperature, True)
-                batch["old_log_probs"] = old.cpu()
+            with timer("old_log_prob", timing):
+                # The policy that drew the responses is the one whose log-probs veRL recomputes
+                # here (no update in between), and generation computed them from the same logits,
+                # as veRL's actor would (``rollout.generate``): veRL's bypass mode, exact here.
+                batch["old_log_probs"] = batch.pop("rollout_log_probs")
+                entropy = batch.pop("rollout_entropy")
                 actor = cfg.actor_rollout_ref.actor
                 metrics["actor/entropy"] = core_algos.agg_loss(
                     loss_mat=entropy.cpu(),
