@@ -47,7 +47,7 @@ def generate(
     do_sample: bool,
     prompt_length: int,
     response_length: int,
-    chunk: int = 1024,
+    chunk: int = 256,
     log_prob_temperature: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """One response per prompt (repeat prompts for ``n``); returns veRL's batch tensors.
