@@ -290,3 +290,28 @@ def test_pass_at_k_validation_writes_n_sampled_answers_per_puzzle(
     assert all(sorted(x["sample"] for x in v) == [0, 1, 2] for v in by_uid.values())
     assert all(len({(x["input"], str(x["gts"])) for x in v}) == 1 for v in by_uid.values())
     assert sum(len({x["output"] for x in v}) > 1 for v in by_uid.values()) >= 4  # sampled
+
+
+def test_threads_default_to_two_with_a_core_left_free(monkeypatch) -> None:
+    import os
+
+    from cl_trainer.local.config import THREADS_ENV, cpu_threads
+
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert cpu_threads() == max(1, min(2, len(os.sched_getaffinity(0)) - 1))
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert cpu_threads() == 3
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_bad_thread_count_is_refused_in_one_line(
+    setup, tmp_path: Path, monkeypatch, capsys, value: str
+) -> None:
+    from cl_trainer.local.config import THREADS_ENV
+
+    data, model = setup
+    monkeypatch.setenv(THREADS_ENV, value)
+    assert main(overrides(data, model, tmp_path / "ckpt")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {THREADS_ENV}={value}") and "\n" not in err
+    assert not (tmp_path / "ckpt").exists()

@@ -9,7 +9,6 @@ validate and log through veRL's ``Tracking`` with veRL's metric helpers.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import uuid
@@ -42,7 +41,7 @@ from verl.utils.tracking import Tracking
 
 from cl_trainer import private_api
 from cl_trainer.local import checkpoint, dumps, rollout
-from cl_trainer.local.config import LocalConfigError
+from cl_trainer.local.config import LocalConfigError, cpu_threads
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
 from cl_trainer.reference import REFERENCE_MODEL_ENV
 
@@ -142,9 +141,7 @@ class LocalTrainer:
             self.tokenizer.chat_template = template
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(
-            self.device
-        )
+        self.model = self._load(self.model_path)
         self.use_ref = bool(actor_cfg.use_kl_loss or cfg.algorithm.use_kl_in_reward)
         self.ref = self._reference() if self.use_ref else None
         self.kl_ctrl = (
@@ -187,15 +184,17 @@ class LocalTrainer:
             self.loss_cfg.global_batch_info = {}
         self.global_steps = 0
 
+    def _load(self, path: str) -> Any:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
+
     def _reference(self) -> torch.nn.Module:
-        """The KL penalty's frozen reference: the actor's start, or ``--reference base``'s model
+        """The KL penalty's frozen reference: the actor's start (loaded again: faster than
+        deep-copying the module tree), or ``--reference base``'s model
         (``cl_trainer.reference``)."""
         path = os.environ.get(REFERENCE_MODEL_ENV)
-        if not path:
-            return copy.deepcopy(self.model).eval().requires_grad_(False)
-        print(f"cl-trainer: reference policy from {path}")
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device)
-        return ref.eval().requires_grad_(False)
+        if path:
+            print(f"cl-trainer: reference policy from {path}")
+        return self._load(path or self.model_path).eval().requires_grad_(False)
 
     def _scheduler(self, optim_cfg: DictConfig) -> Any:
         warmup = int(optim_cfg.get("lr_warmup_steps", -1))
@@ -263,7 +262,13 @@ class LocalTrainer:
 
     # ----- rollout, reward, update -------------------------------------------------------------
 
-    def _generate(self, examples: list[Example], sampling: Any, do_sample: bool) -> dict[str, Any]:
+    def _generate(
+        self,
+        examples: list[Example],
+        sampling: Any,
+        do_sample: bool,
+        log_prob_temperature: float | None = None,
+    ) -> dict[str, Any]:
         self.model.eval()
         return rollout.generate(
             self.model,
@@ -273,6 +278,7 @@ class LocalTrainer:
             do_sample,
             int(self.cfg.data.max_prompt_length),
             int(self.cfg.data.max_response_length),
+            log_prob_temperature=log_prob_temperature,
         )
 
     def validate(self) -> dict[str, Any]:
@@ -397,17 +403,20 @@ class LocalTrainer:
         uids = np.array(
             [u for u in (str(uuid.uuid4()) for _ in prompts) for _ in range(n)], dtype=object
         )
+        temperature = float(rollout_cfg.temperature)
         with timer("step", timing):
             with timer("gen", timing):
-                batch: dict[str, Any] = self._generate(examples, rollout_cfg, True)
+                batch: dict[str, Any] = self._generate(examples, rollout_cfg, True, temperature)
             with timer("reward", timing):
                 batch["token_level_scores"], _ = score(
                     self.reward_fn, self.tokenizer, examples, batch
                 )
-            temperature = float(rollout_cfg.temperature)
-            with timer("old_log_prob", timing), torch.no_grad():
-                old, entropy = rollout.log_probs(self.model, batch, temperature, True)
-                batch["old_log_probs"] = old.cpu()
+            with timer("old_log_prob", timing):
+                # The policy that drew the responses is the one whose log-probs veRL recomputes
+                # here (no update in between), and generation computed them from the same logits,
+                # as veRL's actor would (``rollout.generate``): veRL's bypass mode, exact here.
+                batch["old_log_probs"] = batch.pop("rollout_log_probs")
+                entropy = batch.pop("rollout_entropy")
                 actor = cfg.actor_rollout_ref.actor
                 metrics["actor/entropy"] = core_algos.agg_loss(
                     loss_mat=entropy.cpu(),
@@ -490,12 +499,6 @@ class LocalTrainer:
             self.global_steps += 1
         if int(cfg.trainer.save_freq) <= 0:
             self.save_checkpoint()
-
-
-def cpu_threads() -> int:
-    """``CL_LOCAL_THREADS``, else 1: the tiny model is latency-bound, and extra OpenMP threads
-    spin against any other process on a small machine, making steps several times slower."""
-    return max(1, int(os.environ.get("CL_LOCAL_THREADS", "1")))
 
 
 def run(cfg: DictConfig) -> None:

@@ -21,6 +21,8 @@ import torch
 
 from cl_rundir.atomic import building_dir
 from cl_rundir.layout import WARM_START_RECORD
+from cl_trainer.errors import UsageError
+from cl_trainer.local.config import LocalConfigError, cpu_threads
 
 PAD_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -291,9 +293,8 @@ def ensure_tiny_model(
     Idempotent: a directory with the completion marker (and weights that read back) is returned
     untouched. The build happens in a sibling temp dir renamed into place, so an interrupted build
     never leaves a half model. ``tiny_model.json`` records the warm start, its SFT loss and the
-    post-SFT accuracy per group. ``sft_steps`` overrides the warm start's (tests). One torch
-    thread: this model is too small to gain from more, and spinning OpenMP threads slow it
-    several-fold whenever another process shares the cores.
+    post-SFT accuracy per group. ``sft_steps`` overrides the warm start's (tests). Torch runs on
+    the local backend's threads (``cl_trainer.local.config.cpu_threads``), restored afterwards.
     """
     from transformers.utils import logging
 
@@ -311,8 +312,12 @@ def ensure_tiny_model(
         raise FileNotFoundError(
             f"no countdown data in {data_dir}; run `countdown-data gen --quick --template compact`"
         )
+    try:
+        build_threads = cpu_threads()
+    except LocalConfigError as exc:
+        raise UsageError(str(exc)) from None
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(build_threads)
     try:
         started = time.monotonic()
         tokenizer = build_tokenizer()
@@ -346,6 +351,7 @@ def ensure_tiny_model(
             "sft_group_weights": warm_start.group_weights,
             "plus_early_stop_every": warm_start.plus_early_stop_every,
             "sft_seconds": round(sft_seconds, 2),
+            "torch_threads": build_threads,
             "sft_final_loss": round(losses[-1], 4) if losses else None,
             "post_sft_greedy_accuracy": accuracy,
             "post_sft_sampled_accuracy": sampled,
