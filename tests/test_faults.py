@@ -14,6 +14,8 @@ size limit), each of which must end in one ``Error:`` line and no traceback.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import random
@@ -21,7 +23,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -162,24 +166,50 @@ def test_one_trainer_per_run_directory(tiny_setup, tmp_path: Path) -> None:
     assert json.loads((run / "run.json").read_text())["stages"][0]["status"] == "done"
 
 
-def test_sigterm_stops_the_stage_and_records_it(tiny_setup, tmp_path: Path) -> None:
-    data, model = tiny_setup
-    run = tmp_path / "run"
+@contextlib.contextmanager
+def _trainer_in_its_stage(
+    data: Path, model: Path, run: Path
+) -> Iterator[tuple[subprocess.Popen[str], list[psutil.Process]]]:
+    """A trainer on ``run`` (stdout and stderr in one pipe) once its first stage has validated,
+    with that stage's processes; killed on the way out, whatever happened."""
     trainer = subprocess.Popen(
-        _trainer(data, model, run),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        _trainer(data, model, run), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
-    )
+    )  # fmt: skip
     try:
         _wait_for(lambda: _stage_started(run), 240, "the stage's first validation")
         stage = _stage_processes(psutil.Process(trainer.pid))
         assert stage
-        trainer.send_signal(signal.SIGTERM)
-        out, _ = trainer.communicate(timeout=15)
+        yield trainer, stage
     finally:
         trainer.kill()
+
+
+def _read_until(trainer: subprocess.Popen[str], text: str, timeout: float) -> str:
+    """The trainer's output up to and including the first line holding ``text``."""
+    lines: list[str] = []
+
+    def read() -> None:
+        assert trainer.stdout is not None
+        for line in trainer.stdout:
+            lines.append(line)
+            if text in line:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    out = "".join(lines)
+    assert not reader.is_alive() and text in out, f"no {text!r} in {timeout} s: {out[-2000:]}"
+    return out
+
+
+def test_sigterm_stops_the_stage_and_records_it(tiny_setup, tmp_path: Path) -> None:
+    data, model = tiny_setup
+    run = tmp_path / "run"
+    with _trainer_in_its_stage(data, model, run) as (trainer, stage):
+        trainer.send_signal(signal.SIGTERM)
+        out, _ = trainer.communicate(timeout=15)
     assert trainer.returncode == 128 + signal.SIGTERM, out
     _wait_for(lambda: not _alive(stage), 15, "every process of the stage to exit")
     record = json.loads((run / "run.json").read_text())["stages"][0]
@@ -226,31 +256,22 @@ def test_disk_full_mid_stage_records_the_stage_and_keeps_run_json_whole(
 
 
 def test_ctrl_c_twice_hastens_the_stop_and_never_abandons_it(tiny_setup, tmp_path: Path) -> None:
+    """The second Ctrl-C once the trainer says it is stopping the stage (two sent before its
+    handler runs, as on a loaded machine, are one pending signal): the trainer exits only once
+    every process of the stage is gone, records the stage interrupted and frees the run."""
     data, model = tiny_setup
     run = tmp_path / "run"
-    trainer = subprocess.Popen(
-        _trainer(data, model, run),
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_for(lambda: _stage_started(run), 240, "the stage's first validation")
-        stage = _stage_processes(psutil.Process(trainer.pid))
+    with _trainer_in_its_stage(data, model, run) as (trainer, stage):
         trainer.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        out = _read_until(trainer, "stopping the stage", 60)
         trainer.send_signal(signal.SIGINT)
-        out, _ = trainer.communicate(timeout=30)
+        rest, _ = trainer.communicate(timeout=30)
         alive_at_exit = _alive(stage)  # the moment the trainer is gone
-    finally:
-        trainer.kill()
+    out += rest
     assert trainer.returncode == 128 + signal.SIGINT, out
     assert not alive_at_exit, "the trainer exited while its stage ran on"
     record = json.loads((run / "run.json").read_text())["stages"][0]
     assert record["status"] == "interrupted" and record["signal"] == "SIGINT"
-    import fcntl
-
     with (run / ".cl-trainer.lock").open("rb") as lock:  # free for the rerun
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 

@@ -3,10 +3,13 @@ is replaced; plan, chaining, run.json, links, resume, refusal, failure and pruni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from cl_trainer import checkpoints
 from cl_trainer.checkpoints import has_weights
 from cl_trainer.checks import check_model
 from cl_trainer.config import TrainerConfig, resolve_config
-from cl_trainer.engine import Engine, RunLock, link_model_dir
+from cl_trainer.engine import STOP_GRACE_S, Engine, RunLock, link_model_dir, run_teed
 from cl_trainer.errors import TrainerError, UsageError
 from cl_trainer.sizing import peak_checkpoints, run_size
 from cl_trainer.stages import plan_stages
@@ -596,37 +599,76 @@ def test_a_resume_on_other_data_is_refused_naming_what_changed(
     assert case.record()["data"] != started
 
 
-def test_a_second_interrupt_hastens_the_stop_and_never_abandons_it() -> None:
-    """Ray and vLLM take a while to exit on SIGINT: a second Ctrl-C while the engine waits goes
-    straight to SIGKILL, and the engine returns only once the stage is gone."""
-    import signal
-    import subprocess
-    import time
+class CtrlC(Recorder):
+    """A user at the keyboard: Ctrl-C once the stage has printed ``after`` lines, and, with
+    ``again``, once more while the engine says it is stopping the stage."""
 
-    from cl_trainer.engine import STOP_GRACE_S, stop_group
+    def __init__(self, after: int = 1, again: bool = False) -> None:
+        super().__init__()
+        self.after, self.again = after, again
+        self.at = 0.0
+        """When the first Ctrl-C was sent (time.monotonic)."""
 
-    stubborn = subprocess.Popen(
-        [sys.executable, "-c", "import signal, time\n"
-         "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint(flush=True)\ntime.sleep(60)"],
-        stdout=subprocess.PIPE,
-        start_new_session=True,
-    )  # fmt: skip
-    assert stubborn.stdout is not None and stubborn.stdout.readline()  # its handler is set
+    def output(self, line: str) -> None:
+        super().output(line)
+        if len(self.lines) == self.after:
+            self.at = time.monotonic()
+            os.kill(os.getpid(), signal.SIGINT)
 
-    def second_ctrl_c(*_: object) -> None:
-        raise KeyboardInterrupt
+    def note(self, text: str) -> None:
+        super().note(text)
+        if self.again and text.startswith("stopping the stage"):
+            os.kill(os.getpid(), signal.SIGINT)
 
-    previous = signal.signal(signal.SIGALRM, second_ctrl_c)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
-    t0 = time.monotonic()
+
+def _running(pid: int) -> bool:
+    """Not gone and not a zombie (a zombie holds no descriptor, nor the run's lock)."""
     try:
-        stop_group(stubborn, signal.SIGINT)
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _interrupted_stage(tmp_path: Path, reporter: CtrlC, code: str) -> list[int]:
+    """Run ``code`` as a stage until ``reporter`` interrupts it; the pids it printed (one a
+    line), checked the moment the engine is back (and then killed, whatever the outcome)."""
+    stage = [sys.executable, "-c", "import os, signal, sys, time\n" + code]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_teed(stage, {}, tmp_path / "stage.log", reporter, cwd=tmp_path)
+        pids = [int(line) for line in reporter.lines]
+        return [pid for pid in pids if _running(pid)]
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        stubborn.kill()
-    assert stubborn.poll() == -signal.SIGKILL
-    assert time.monotonic() - t0 < STOP_GRACE_S[signal.SIGINT] / 2
+        for pid in map(int, reporter.lines):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_ctrl_c_hastens_the_stop_and_never_abandons_it(tmp_path: Path) -> None:
+    """Ray and vLLM take a while to exit on SIGINT: a second Ctrl-C, even one that lands while
+    the engine prints that it is stopping the stage, goes straight to SIGKILL, and the engine
+    returns only once the stage is gone (the stage holds the run's lock)."""
+    stubborn = "signal.signal(signal.SIGINT, signal.SIG_IGN)\nprint(os.getpid())\ntime.sleep(60)"
+    user = CtrlC(again=True)
+    assert not _interrupted_stage(tmp_path, user, stubborn), "the engine left its stage running"
+    assert time.monotonic() - user.at < STOP_GRACE_S[signal.SIGINT] / 2
+
+
+def test_a_stop_waits_for_every_process_of_the_stage(tmp_path: Path) -> None:
+    """The stage's leader exits on Ctrl-C, a worker it started ignores it (and takes a while to
+    die: it holds memory): the engine returns only once the worker is gone too."""
+    leader = (
+        "worker = 'import signal, time\\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\\n"
+        "b = bytearray(100 << 20)\\nprint(flush=True)\\ntime.sleep(60)'\n"
+        "import subprocess\n"
+        "w = subprocess.Popen([sys.executable, '-c', worker], stdout=subprocess.PIPE)\n"
+        "w.stdout.readline()\n"
+        "print(w.pid, flush=True)\nprint(os.getpid(), flush=True)\ntime.sleep(60)"
+    )
+    user = CtrlC(after=2)
+    assert not _interrupted_stage(tmp_path, user, leader), "a worker of the stage outlived it"
+    assert len(user.lines) == 2
 
 
 def test_a_refusal_names_the_stage_that_outlived_its_engine(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ DISK_FULL_MARKS = ("No space left on device", "[Errno 28]", "Disk quota exceeded
 """How a stage's output says that it ran out of disk."""
 STOP_GRACE_S = {signal.SIGINT: 10.0, signal.SIGTERM: 5.0, signal.SIGHUP: 5.0}
 """How long a stage's process group gets to exit after the signal we received, before SIGKILL."""
+GONE_WAIT_S = 10.0
+"""How long, after the grace period, the engine waits for every process of the group to die."""
 
 
 class Reporter(Protocol):
@@ -258,11 +261,11 @@ def run_teed(
 
     The child gets its own process group so a stop reaches it and everything it spawned (Ray,
     vLLM workers); on any exception here (Ctrl-C, :class:`Stopped`, a log write that fails) the
-    group is stopped first.
+    group is stopped first, and any signal meanwhile hastens that stop (:class:`StageSignals`).
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("ab") as log:
+    with log_path.open("ab") as log, StageSignals() as signals:
         proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
@@ -273,6 +276,7 @@ def run_teed(
             pass_fds=keep_fds,
         )
         try:
+            signals.pgid = proc.pid
             if lock is not None:
                 lock.stage_started(name, proc.pid)
             assert proc.stdout is not None
@@ -282,6 +286,8 @@ def run_teed(
                 reporter.output(raw.decode(errors="replace").rstrip("\n"))
             return proc.wait()
         except BaseException as exc:
+            # First, before any call: from here on a signal hastens the stop, never raises.
+            signals.stopping = True
             first = signal.Signals(exc.signum) if isinstance(exc, Stopped) else signal.SIGINT
             grace = STOP_GRACE_S.get(first, 5.0)
             reporter.note(
@@ -291,29 +297,82 @@ def run_teed(
             raise
 
 
-def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
-    """Send ``first`` to the child's process group, then SIGKILL after a bounded grace period;
-    returns once the child is gone (its group's stragglers are killed with it).
+class StageSignals:
+    """SIGINT, SIGTERM and SIGHUP while a stage runs: the first raises (KeyboardInterrupt or
+    :class:`Stopped`) so the engine stops the stage; any later one SIGKILLs the stage's process
+    group and returns. A second exception would break out of the stop half-way, leaving the stage
+    running and holding the run's lock (a second Ctrl-C while the first one's note was printed
+    did). ``stopping`` is set by the handler itself before it raises: no Python code runs
+    between the two, so no signal can slip in between."""
 
-    Another Ctrl-C or signal meanwhile hastens the stop (SIGKILL at once), never abandons it: an
-    engine that left here early would leave the stage running and holding the run's lock."""
-    sig, wait = first, STOP_GRACE_S.get(first, 5.0)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self.stopping = False
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt if signum == signal.SIGINT else Stopped(signum)
+        if self.pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, signal.SIGKILL)
+
+    def __enter__(self) -> StageSignals:
+        if threading.current_thread() is threading.main_thread():  # where handlers can be set
+            self.previous = {s: signal.signal(s, self) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
+    """Send ``first`` to the child's process group, SIGKILL it after a bounded grace period, and
+    return once every process of the group is gone (or after :data:`GONE_WAIT_S` more).
+
+    The leader's exit is not enough: its children (vLLM and Ray workers) may still run, and a
+    process that holds the run lock's descriptor keeps the run taken after this engine exits."""
+    pgid = proc.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, first)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S.get(first, 5.0))
+    end = time.monotonic() + GONE_WAIT_S
     while True:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            os.killpg(pgid, signal.SIGKILL)  # the stragglers go with the group
+        proc.poll()  # reap the leader, so that it no longer counts as a member
+        if not group_alive(pgid) or time.monotonic() > end:
+            return  # past the bound: unkillable (uninterruptible I/O), nothing a signal can do
+        time.sleep(0.02)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. A zombie does not count: it holds no
+    descriptor (nor the run's lock) and its reaper may be an init that never reaps."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        pids = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return True  # no /proc to tell zombies apart: a member remains
+    for pid in pids:
         try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            if sig == signal.SIGKILL:
-                return  # unkillable (uninterruptible I/O): nothing more a signal can do
-        except (KeyboardInterrupt, Stopped):
-            pass
-        else:
-            # The leader exited; its children may not have: they go with the group.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            return
-        sig, wait = signal.SIGKILL, 5.0
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rpartition(b")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def hub_snapshot(model: str) -> Path:
