@@ -173,3 +173,80 @@ def test_runs_of_different_curricula_are_not_averaged_or_contrasted(
         assert res.exit_code == 2, res.output
         assert "one curriculum" in res.output and str(tmp_path / "one") in res.output
         assert not (tmp_path / "cmp").exists()
+
+
+def _failed_at(run, index: int) -> None:
+    """The run's stage ``index`` failed before its last validation (a crash mid-stage); the
+    later stages never started."""
+    record = json.loads((run / "run.json").read_text())
+    record["stages"][index].update(status="failed", exit_code=1, global_steps=None)
+    for later in record["stages"][index + 1 :]:
+        later.update(status="pending", global_steps=None)
+        (run / later["log"]).unlink()
+    (run / "run.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("failed", [0, 1], ids=["first-stage", "last-stage"])
+def test_a_failed_run_shows_a_dash_for_what_it_does_not_have(
+    tmp_path, verl_line, synth, failed: int
+) -> None:
+    """A run whose stage failed before validating has no final accuracy (none at all when its
+    first stage failed): compare shows `–` there, names the run in a warning, and contrasts what
+    both have, instead of a KeyError or an earlier stage's accuracy passed off as the final."""
+    stages = [(1, "plus"), (1, "plus_minus")]
+    done = np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]])
+    stopped = done.copy()
+    stopped[failed + 1 :] = np.nan
+    synth.make_run(tmp_path / "done", verl_line, done, stages, GROUPS, checkpoints=False)
+    _failed_at(synth.make_run(tmp_path / "failed", verl_line, stopped, stages, GROUPS,
+                              checkpoints=False), failed)  # fmt: skip
+    out = tmp_path / "cmp"
+    res = CliRunner().invoke(
+        main, ["compare", "--label", f"done={tmp_path}/done", "--label",
+               f"failed={tmp_path}/failed", "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"{tmp_path / 'failed'} measured {failed} of its 2 stages" in res.stderr
+    md = (out / "compare.md").read_text()
+    final = next(line for line in md.splitlines() if line.startswith("| final_accuracy "))
+    assert final.split("|")[2:4] == [" 0.425 ", " – "], final
+    assert "R1_plus_minus | 0.400 | 0.450 |" in md.replace("  ", " ")
+    data = json.loads((out / "compare.json").read_text())
+    assert data["differences"]["failed − done"].get("final_accuracy", {}).get("mean") is None
+    assert (out / "plots" / "compare_metrics.png").stat().st_size > 10_000
+
+
+def test_runs_of_other_presets_are_not_averaged(tmp_path, verl_line, synth) -> None:
+    """Seeds of one condition on different presets (another model) are not one condition:
+    refused in one line naming both; two conditions on different presets are contrasted with a
+    warning naming them (a model-size study is a comparison someone means to make)."""
+    R = np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]])
+    stages = [(1, "plus"), (1, "plus_minus")]
+    for name, size in (("tiny", "tiny"), ("big", "0.5b"), ("big2", "0.5b")):
+        synth.make_run(tmp_path / name, verl_line, R, stages, GROUPS, size=size,
+                       checkpoints=False)  # fmt: skip
+    res = CliRunner().invoke(main, ["compare", str(tmp_path / "tiny"), str(tmp_path / "big")])
+    assert res.exit_code == 2, res.output
+    assert "preset 0.5b" in res.output and "preset tiny" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(
+        main, ["compare", "--label", f"tiny={tmp_path}/tiny", "--label", f"big={tmp_path}/big*",
+               "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (warning,) = [line for line in res.stderr.splitlines() if "preset" in line]
+    assert "big" in warning and "0.5b" in warning and "tiny" in warning
+
+
+def test_a_condition_of_joint_and_sequential_runs_is_refused(tmp_path, verl_line, synth) -> None:
+    """A joint run is the upper bound, not a seed of the curriculum: one line, no traceback."""
+    R = np.array([[0.2, 0.1], [0.5, 0.1], [0.4, 0.45]])
+    stages = [(1, "plus"), (1, "plus_minus")]
+    for seed, curriculum in enumerate(("sequential", "joint")):
+        run = synth.make_run(tmp_path / f"s{seed}", verl_line, R, stages, GROUPS,
+                             checkpoints=False)  # fmt: skip
+        _seeded(run, seed, curriculum)
+    res = CliRunner().invoke(main, ["compare", f"{tmp_path}/s*"])
+    assert res.exit_code == 2, res.output
+    assert "joint" in res.output and "sequential" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)

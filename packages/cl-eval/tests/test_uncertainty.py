@@ -100,6 +100,21 @@ def test_a_revalidation_beyond_sampling_is_flagged(recorded_run, synth) -> None:
     assert any("noise floor" in w for w in report.warnings)
 
 
+def test_a_boundary_without_shared_puzzles_is_named_not_a_silent_nan(recorded_run) -> None:
+    """Stage 2's first validation ran on other puzzles (the data set changed between the
+    stages): the noise floor at that boundary is not measured, and a warning names it."""
+    run, _ = recorded_run
+    path = run / "validation" / "R1_plus_minus" / "0.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in records:
+        r["gts"]["target"] += 10_000
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    a = analyse(run)
+    assert a.uncertainty.noise_floor == []
+    named = [w for w in a.warnings if "R1_plus → R1_plus_minus" in w and "share no" in w]
+    assert len(named) == len(GROUPS), a.warnings
+
+
 def test_matrix_json_gives_every_cell_with_its_interval(recorded_run) -> None:
     """``cl-eval matrix --json`` prints the very payload the report's consolidated file holds."""
     run, x = recorded_run

@@ -124,18 +124,28 @@ def _finite(v: float | None) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def complete(a: Analysis) -> bool:
+    """Whether the run measured every stage of its curriculum (none failed or is to come)."""
+    return a.stages_used == len(a.run.stages)
+
+
 def run_values(a: Analysis) -> Values:
     """A run's scalar results: every metric (with the plasticity summary when its checkpoints
-    were read), and every accuracy cell."""
+    were read), and every accuracy cell. A run that stopped early has the per-stage metrics and
+    cells of the stages it measured, and none of the whole curriculum's (its "final accuracy" is
+    an earlier stage's, not comparable with a finished run's)."""
     out: Values = dict(flatten(a.metrics or {}))
     if a.plasticity is not None:
         summary = a.plasticity.summary(a.curriculum, a.stages_used)
         out.update({MetricKey(k): v for k, v in summary.items()})
+    whole = complete(a)
+    if not whole:
+        out = {k: v if k.index is not None else None for k, v in out.items()}
     for i, row in enumerate(a.row_names):
         for j, g in enumerate(a.run.groups):
             out[CellKey(row, g)] = _finite(float(a.R[i, j]))
     for j, g in enumerate(a.run.groups):
-        out[CellKey(FINAL, g)] = _finite(float(a.R[a.stages_used, j]))
+        out[CellKey(FINAL, g)] = _finite(float(a.R[a.stages_used, j])) if whole else None
     return out
 
 
@@ -265,10 +275,24 @@ def _curriculum(a: Analysis) -> str:
     return f"{len(a.run.stages)} stages over {', '.join(a.run.groups) or 'no groups'}"
 
 
+def _preset(a: Analysis) -> str | None:
+    """The run's preset (``--size``) as its run.json records it; None for a bare log directory
+    (whose name is no preset)."""
+    return a.run.record.size if a.run.record else None
+
+
+def _kind(a: Analysis) -> str:
+    record = a.run.record
+    return record.curriculum if record else CURRICULA[0]
+
+
 def comparability(conditions: dict[str, list[Analysis]]) -> tuple[str | None, list[str]]:
     """Whether the runs can be averaged and contrasted at all: (why not, in one line, or None;
-    warnings). Every run must have the same curriculum (groups and stages in order); runs that
-    validated on other test puzzles are compared, with a warning, as independent samples."""
+    warnings). Every run must have the same curriculum (groups and stages in order), and the runs
+    of one condition the same preset and kind (joint or sequential); conditions of different
+    presets are contrasted with a warning (a model-size study means to), runs that validated on
+    other test puzzles as independent samples, and a run that stopped early on the stages it
+    measured."""
     runs = [a for analyses in conditions.values() for a in analyses]
     if not runs:
         return None, []
@@ -280,7 +304,28 @@ def comparability(conditions: dict[str, list[Analysis]]) -> tuple[str | None, li
                 f"{a.run.path} ran {_curriculum(a)} but {first.run.path} ran {_curriculum(first)}"
                 "; compare runs of one curriculum (the same --groups and --rounds)"
             ), []
+    for label, analyses in conditions.items():
+        one = analyses[0]
+        for a in analyses[1:]:
+            if None not in (_preset(a), _preset(one)) and _preset(a) != _preset(one):
+                return (
+                    f"{label}: {a.run.path} ran preset {_preset(a)} but {one.run.path} ran "
+                    f"preset {_preset(one)}; a condition's runs (its seeds) share one preset: "
+                    "give each preset its own --label"
+                ), []
+            if _kind(a) != _kind(one):
+                return (
+                    f"{label}: {a.run.path} is a {_kind(a)} run but {one.run.path} a "
+                    f"{_kind(one)} one; give the joint runs (the upper bound) their own --label"
+                ), []
     warnings = []
+    presets = {label: p for label, analyses in conditions.items() if (p := _preset(analyses[0]))}
+    if len(set(presets.values())) > 1:
+        warnings.append(
+            "the conditions ran different presets ("
+            + ", ".join(f"{label}: {p}" for label, p in presets.items())
+            + "): their differences include the model's"
+        )
     for a in runs[1:]:
         theirs, ours = a.uncertainty.puzzles, first.uncertainty.puzzles
         differ = [g for g in theirs if ours.get(g) and theirs[g] and theirs[g] != ours[g]]
@@ -288,6 +333,13 @@ def comparability(conditions: dict[str, list[Analysis]]) -> tuple[str | None, li
             warnings.append(
                 f"{a.run.path} validated on other test puzzles than {first.run.path} "
                 f"({', '.join(differ)}): compared as independent samples, not paired"
+            )
+    for a in runs:
+        if not complete(a):
+            stopped = [s.name for s in a.run.stages[a.stages_used :]]
+            warnings.append(
+                f"{a.run.path} measured {a.stages_used} of its {len(a.run.stages)} stages (not "
+                f"{', '.join(stopped)}): `–` for its whole-curriculum metrics and final accuracies"
             )
     return None, warnings
 
@@ -332,7 +384,7 @@ def _fmt(e: Estimate, signed: bool = False) -> str:
 def metric_keys(c: Comparison) -> list[MetricKey]:
     """Headline metrics first, then the rest of the definitions, the plasticity summary, then
     per-stage/group entries."""
-    present = list(c.conditions[0].metrics)
+    present = list(dict.fromkeys(k for x in c.conditions for k in x.metrics))
     named = [MetricKey(k) for k in [*HEADLINE, *DEFINITIONS, *PLASTICITY_DEFINITIONS]]
     return [k for k in dict.fromkeys(named) if k in present] + [
         k for k in present if k.index is not None
@@ -411,10 +463,10 @@ def write_outputs(c: Comparison, out: Path) -> list[Path]:
     data = out / "compare.json"
     write_json(data, c.as_dict())
     written.append(data)
-    keys = [MetricKey(k) for k in HEADLINE if MetricKey(k) in c.conditions[0].metrics]
+    keys = [MetricKey(k) for k in HEADLINE if any(MetricKey(k) in x.metrics for x in c.conditions)]
     figure = plots.compare_metrics(
         [str(k) for k in keys],
-        {x.title: [x.metrics[k] for k in keys] for x in c.conditions},
+        {x.title: [x.metrics.get(k, Estimate(None)) for k in keys] for x in c.conditions},
         out / "plots" / "compare_metrics.png",
         "Metrics per condition (bars: mean over runs; whiskers: 95 % t-interval)",
     )

@@ -302,8 +302,11 @@ def _grouped_bars(ax: plt.Axes, xlabels: Sequence[str], per_label: dict[str, lis
         lo = np.array([np.nan if e.lo is None else e.lo for e in ests], dtype=float)
         hi = np.array([np.nan if e.hi is None else e.hi for e in ests], dtype=float)
         err = np.vstack([np.nan_to_num(mean - lo), np.nan_to_num(hi - mean)])
-        ax.bar(x + (n - (len(per_label) - 1) / 2) * width, mean, width, yerr=err, capsize=3,
-               label=label)  # fmt: skip
+        at = x + (n - (len(per_label) - 1) / 2) * width
+        bars = ax.bar(at, mean, width, yerr=err, capsize=3, label=label)
+        for xi in at[np.isnan(mean)]:  # a missing bar is not a zero: say so where it would stand
+            ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90,
+                    color=bars.patches[0].get_facecolor())  # fmt: skip
     ax.axhline(0, color="0.4", lw=0.8)
 
 

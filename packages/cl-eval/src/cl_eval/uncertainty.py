@@ -184,6 +184,12 @@ def _noise_floor(
             if a is not None and b is not None and g in a.outcomes and g in b.outcomes:
                 xa, xb = a.puzzle_accuracy(g), b.puzzle_accuracy(g)
                 shared = sorted(set(xa) & set(xb))
+                if not shared:
+                    records.warnings.append(
+                        f"noise floor: {g} at {entry['boundary']}: the two validations share no "
+                        "test puzzle (the data set changed between the stages?); not measured"
+                    )
+                    continue
                 d = np.array([xb[k] - xa[k] for k in shared])
                 idx = rng().integers(0, len(d), size=(BOOTSTRAP_RESAMPLES, len(d)))
                 lo, hi = percentile(d[idx].mean(axis=1))
