@@ -292,6 +292,74 @@ def test_pass_at_k_validation_writes_n_sampled_answers_per_puzzle(
     assert sum(len({x["output"] for x in v}) > 1 for v in by_uid.values()) >= 4  # sampled
 
 
+def _answers(path: Path) -> list[tuple]:
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [(r["input"], r["output"], r["score"], r["acc"]) for r in rows]
+
+
+def test_a_boundary_generates_its_greedy_answers_once(setup, tmp_path: Path, capsys) -> None:
+    """The next stage's first validation, on the weights the last stage ended with, reuses that
+    stage's greedy answers, and they are the answers generating again gives."""
+    from cl_rundir.layout import GREEDY_GENERATIONS
+
+    data, model = setup
+    validation = tmp_path / "validation"
+
+    def stage(name: str, start: Path, steps: int, **extra: object) -> str:
+        argv = overrides(
+            data,
+            start,
+            tmp_path / name / "ckpt",
+            **{
+                "trainer.total_training_steps": steps,
+                "trainer.validation_data_dir": validation / name,
+                **extra,
+            },
+        )
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    assert "reused" not in stage("a", model, 2)
+    kept = validation / GREEDY_GENERATIONS
+    assert kept.is_file()
+    end_of_a = tmp_path / "a" / "ckpt" / "global_step_2" / "actor" / "huggingface"
+    assert "Validation answers reused" in stage("b", end_of_a, 1)
+    assert _answers(validation / "b" / "0.jsonl") == _answers(validation / "a" / "2.jsonl")
+
+    kept.unlink()  # generated again: the same answers
+    assert "reused" not in stage("c", end_of_a, 1)
+    assert _answers(validation / "c" / "0.jsonl") == _answers(validation / "b" / "0.jsonl")
+    # Other weights (stage c's step 1 moved them): generated, not reused.
+    assert "reused" not in stage("d", model, 1)
+
+
+def test_sampled_validation_is_never_reused(setup, tmp_path: Path) -> None:
+    """Two sampled validations are two draws (the noise floor cl-eval reads), so no key."""
+    from cl_trainer.local import val_cache
+    from cl_trainer.local.config import compose
+    from cl_trainer.local.loop import LocalTrainer
+
+    data, model = setup
+    greedy = LocalTrainer(compose(overrides(data, model, tmp_path / "g")))
+    digest = val_cache.key(greedy.model, greedy.val, greedy.cfg)
+    assert digest is not None
+    sampled = compose(
+        overrides(
+            data, model, tmp_path / "s", **{"actor_rollout_ref.rollout.val_kwargs.temperature": 1.0}
+        )
+    )
+    assert val_cache.key(greedy.model, greedy.val, sampled) is None
+    with torch.no_grad():
+        next(greedy.model.parameters()).view(-1)[0] += 1e-6
+    assert val_cache.key(greedy.model, greedy.val, greedy.cfg) != digest
+    torch.set_num_threads(torch.get_num_threads() + 1)
+    try:
+        moved = val_cache.key(greedy.model, greedy.val, greedy.cfg)
+    finally:
+        torch.set_num_threads(torch.get_num_threads() - 1)
+    assert moved != val_cache.key(greedy.model, greedy.val, greedy.cfg)
+
+
 def test_threads_default_to_two_with_a_core_left_free(monkeypatch) -> None:
     import os
 

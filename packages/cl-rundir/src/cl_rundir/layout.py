@@ -26,6 +26,12 @@ trained. Its ``completion_style`` (``countdown_data.sft.COMPLETION_STYLES``) is 
 the model learned, which cl-eval's soft accuracy scores."""
 
 
+GREEDY_GENERATIONS = "greedy_generations.pt"
+"""Beside the stages' validation directories (in ``validation/``): the local backend's last greedy
+validation answers with the hash of what decided them, which the next stage's first validation
+reuses on the same weights (``cl_trainer.local.val_cache``)."""
+
+
 def completion_style(model_dir: Path) -> str:
     """The completion style a base model was warm-started on (its record's), else ``worked``: the
     SFT export's text, the closest thing to a real model's answers."""

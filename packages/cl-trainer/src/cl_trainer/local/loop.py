@@ -39,8 +39,9 @@ from verl.utils.torch_functional import (
 )
 from verl.utils.tracking import Tracking
 
+from cl_rundir.layout import GREEDY_GENERATIONS
 from cl_trainer import private_api
-from cl_trainer.local import checkpoint, dumps, rollout
+from cl_trainer.local import checkpoint, dumps, rollout, val_cache
 from cl_trainer.local.config import LocalConfigError, cpu_threads
 from cl_trainer.local.data import Example, Sampler, data_seed, load_examples
 from cl_trainer.reference import REFERENCE_MODEL_ENV
@@ -293,11 +294,19 @@ class LocalTrainer:
         uids = [str(uuid.uuid4()) for _ in self.val]
         examples = [ex for ex in self.val for _ in range(n)]
         sample_uids = [u for u in uids for _ in range(n)]
-        batch = self._generate(examples, val_kwargs, True)
+        dump = self.cfg.trainer.get("validation_data_dir")
+        kept = Path(str(dump)).parent / GREEDY_GENERATIONS if dump else None
+        digest = val_cache.key(self.model, examples, self.cfg) if kept else None
+        batch = val_cache.load(kept, digest) if kept and digest else None
+        if batch is None:
+            batch = self._generate(examples, val_kwargs, True)
+            if kept and digest:
+                val_cache.save(kept, digest, batch)
+        else:
+            print(f"Validation answers reused: the same weights answered greedily in {kept}")
         scores, extras = score(self.reward_fn, self.tokenizer, examples, batch)
         rewards = scores.sum(-1).tolist()
         infos: dict[str, list[Any]] = {"reward": rewards, **extras}
-        dump = self.cfg.trainer.get("validation_data_dir")
         if dump:
             # veRL's dump key per answer: <prompt uid>_<sample>_<output of the agent loop>
             keys = {**extras, "uid": [f"{u}_{i % n}_0" for i, u in enumerate(sample_uids)]}
