@@ -1,7 +1,8 @@
 """The plasticity ablation on the 3-round CPU testbed, judged by ``cl-eval compare``.
 
-Arms: no remedy, replay 0.25, the KL anchored to the base model and shrink-and-perturb on 5 seeds
-each; ReDo, shrink-and-perturb toward the base and the joint multi-task baseline on 3.
+Arms: no remedy, replay 0.25, the KL anchored to the base model (veRL's coefficient, 0.001) and
+shrink-and-perturb on 5 seeds each; on 3: the KL to the base at GRPO's published coefficient
+(0.04, DeepSeekMath), shrink-and-perturb toward the base, ReDo and the joint multi-task baseline.
 
 Runs the real command lines, one curriculum after the other (a curriculum trains the tiny model on
 one torch thread, so it uses one core of the machine):
@@ -15,7 +16,7 @@ run.json done) is skipped, an unfinished one resumes where it stopped; ``--compa
 the table of what has finished. The seeds of every arm are the same (same warm start, same data
 order), so the comparison is paired over seeds.
 
-    uv run python bench/plasticity.py                              # all: 29 testbed runs
+    uv run python bench/plasticity.py                              # all: 32 testbed runs
     uv run python bench/plasticity.py --arms none,kl-base --seeds 0,1  # a chunk
     uv run python bench/plasticity.py --compare-only
     uv run python bench/plasticity.py --size tiny --arms none,kl-base --seeds 0 --max-steps 2 \
@@ -62,6 +63,9 @@ ARMS: dict[str, Arm] = {
     "kl-base": Arm(("--reference", "base"), MAIN_SEEDS),
     "shrink-perturb": Arm(_remedy("shrink-perturb"), MAIN_SEEDS),
     "shrink-perturb-base": Arm(_remedy("shrink-perturb:toward=base"), EXTRA_SEEDS),
+    "kl-base-0.04": Arm(
+        ("--reference", "base", "actor_rollout_ref.actor.kl_loss_coef=0.04"), EXTRA_SEEDS
+    ),
     "redo": Arm(_remedy("redo"), EXTRA_SEEDS),
     "joint": Arm(("--curriculum", "joint"), EXTRA_SEEDS),
 }
