@@ -147,7 +147,7 @@ def training_metrics(stages: Sequence[StageSeries], out: Path, title: str) -> Pa
                 fontsize=7,
                 framealpha=0.8,
                 **(
-                    {"loc": "upper center", "bbox_to_anchor": (0.5, 0.92), "ncol": 2}
+                    {"loc": "upper center", "bbox_to_anchor": (0.5, 0.86), "ncol": 2}
                     if n == 0
                     else {"loc": "best", "bbox_to_anchor": (0.0, 0.0, 1.0, 0.88)}  # below the title
                 ),
