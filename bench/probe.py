@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import FORWARD_FLOOR, _measure
-from weight_diff import QWEN_05B
+from report import FORWARD_FLOOR
+from weight_diff import QWEN_05B, measure
 
 from cl_eval.probe import PROBE_PUZZLES
 from cl_rundir.layout import Stage
@@ -92,11 +92,11 @@ def main() -> None:
             floors[k] = 2 * float(out[0])
             print(f"floor, {k} puzzles per group: forward passes of both checkpoints "
                   f"({out[1]} tokens each) {floors[k]:.1f}s")  # fmt: skip
-        _, model_rss, _ = _measure([sys.executable, "-c", MODEL_ONLY, str(base)])
+        _, model_rss, _ = measure([sys.executable, "-c", MODEL_ONLY, str(base)], stderr=None)
         print(f"memory floor: one float32 model, loaded and resident: {model_rss / 1024:.2f} GiB")
         for label, python, k in runs:
-            wall, rss, text = _measure([python, "-c", PROBE, *paths, str(root / "data"), str(k),
-                                        groups])  # fmt: skip
+            wall, rss, text = measure([python, "-c", PROBE, *paths, str(root / "data"), str(k),
+                                        groups], stderr=None)  # fmt: skip
             kl = json.loads(text.splitlines()[-1])[1]["kl"]
             print(f"{label} probe, {k} puzzles per group: {wall:.1f}s = {wall / floors[k]:.1f}x "
                   f"the floor; peak RSS {rss / 1024:.2f} GiB = {rss / model_rss:.2f}x one model; "

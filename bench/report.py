@@ -227,21 +227,6 @@ def build(root: Path, stages: int, layers: int, dtype: str) -> dict:
     return {"files": sorted(files.values()), "numel": sum(w.numel() for w in weights.values())}
 
 
-def _measure(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, stdout) of one child whose stderr (the progress bars) is
-    this terminal's."""
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(cmd, stdout=out)
-        _, status, usage = os.wait4(p.pid, 0)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[:3]} failed:\n{text[-2000:]}")
-    return wall, usage.ru_maxrss / 1024, text
-
-
 def _phases(text: str) -> str:
     return ", ".join(
         line[len("phase ") :] for line in text.splitlines() if line.startswith("phase ")
@@ -307,8 +292,8 @@ def main() -> None:
         rows = {}
         for label, python in pythons.items():
             drop_cache(files)
-            wall, rss, text = _measure([python, "-c", RUN_REPORT, "report", "--run", str(root),
-                                        *flags])  # fmt: skip
+            wall, rss, text = measure([python, "-c", RUN_REPORT, "report", "--run", str(root),
+                                        *flags], stderr=None)  # fmt: skip
             rows[label] = (wall, rss, _phases(text))
             print(f"{label}: {wall:.1f}s, peak RSS {rss / 1024:.2f} GiB ({rows[label][2]})")
         for label, (wall, rss, _) in rows.items():

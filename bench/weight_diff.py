@@ -157,11 +157,12 @@ def drop_cache(files: list[Path]) -> None:
             os.close(fd)
 
 
-def measure(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, stdout) of one child process."""
+def measure(cmd: list[str], stderr: int | None = subprocess.STDOUT) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MiB, stdout) of one child process; its stderr goes into stdout,
+    or with ``stderr=None`` to this terminal (progress bars)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(cmd, stdout=out, stderr=stderr)
         _, status, usage = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
         out.seek(0)
