@@ -360,6 +360,23 @@ def test_sampled_validation_is_never_reused(setup, tmp_path: Path) -> None:
     assert moved != val_cache.key(greedy.model, greedy.val, greedy.cfg)
 
 
+def test_damaged_kept_answers_are_generated_again(tmp_path: Path) -> None:
+    """A kept file that does not read back whole is no answer: the stage generates (no raise)."""
+    from cl_trainer.local import val_cache
+
+    kept = tmp_path / "kept.pt"
+    batch = {"responses": torch.ones(2, 3, dtype=torch.long), "response_mask": torch.ones(2, 3)}
+    val_cache.save(kept, "k", batch)
+    assert torch.equal(val_cache.load(kept, "k")["responses"], batch["responses"])
+    assert val_cache.load(kept, "other") is None
+    whole = kept.read_bytes()
+    for damaged in (b"", b"garbage" * 10, whole[: len(whole) // 2]):
+        kept.write_bytes(damaged)
+        assert val_cache.load(kept, "k") is None
+    torch.save({"key": "k", "responses": batch["responses"]}, kept)  # a tensor missing
+    assert val_cache.load(kept, "k") is None
+
+
 def test_threads_default_to_two_with_a_core_left_free(monkeypatch) -> None:
     import os
 

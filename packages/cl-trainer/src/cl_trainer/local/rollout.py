@@ -13,6 +13,11 @@ import torch
 import torch.nn.functional as F
 
 
+def is_greedy(sampling: Any, do_sample: bool) -> bool:
+    """Whether veRL's sampling fields decode greedily: ``do_sample`` off, or a temperature <= 0."""
+    return not do_sample or float(sampling.get("temperature", 1.0)) <= 0
+
+
 def _warpers(sampling: Any, do_sample: bool) -> Any:
     """veRL's rollout sampling fields as transformers' own logits warpers, in the order and with
     the no-op rules of ``generate`` (``top_k=-1`` means no top-k); ``None`` means greedy."""
@@ -23,9 +28,9 @@ def _warpers(sampling: Any, do_sample: bool) -> Any:
         TopPLogitsWarper,
     )
 
-    temperature = float(sampling.get("temperature", 1.0))
-    if not do_sample or temperature <= 0:
+    if is_greedy(sampling, do_sample):
         return None
+    temperature = float(sampling.get("temperature", 1.0))
     warpers = LogitsProcessorList()
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_rundir.atomic import writing
 from cl_trainer.local.data import Example
+from cl_trainer.local.rollout import is_greedy
 
 KEPT = ("responses", "response_mask")
 """The generation's tensors the validation reads (``prompts`` are rebuilt from the examples)."""
@@ -31,7 +33,7 @@ KEPT = ("responses", "response_mask")
 def key(model: torch.nn.Module, examples: list[Example], cfg: DictConfig) -> str | None:
     """The hash of what decides a greedy validation's answers; None when it samples."""
     sampling = cfg.actor_rollout_ref.rollout.val_kwargs
-    if float(sampling.get("temperature", 1.0)) > 0:
+    if not is_greedy(sampling, do_sample=True):  # validation samples as its temperature says
         return None
     h = hashlib.blake2b(digest_size=32)
     settings = {
@@ -54,9 +56,11 @@ def load(path: Path, digest: str) -> dict[str, torch.Tensor] | None:
     """The generations kept under ``digest``, or None (none kept, other ones, or unreadable)."""
     try:
         kept = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError):
-        return None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+        return None  # damaged: generate again (and replace it)
     if not isinstance(kept, dict) or kept.get("key") != digest:
+        return None
+    if not all(isinstance(kept.get(k), torch.Tensor) for k in KEPT):
         return None
     return {k: kept[k] for k in KEPT}
 
